@@ -1,0 +1,326 @@
+//! The HTTP conventions every service follows, applied in one place:
+//! trace context and request id, metrics, request timeout, body limit,
+//! panic → 500, problem+json for every error, `/healthz`, `/readyz`,
+//! `/metrics`, and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::Connected;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::{IncomingStream, Listener};
+use axum::{Json, Router};
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+
+use crate::config::HttpSettings;
+use crate::problem::{Code, Problem};
+use crate::telemetry::{self, Metrics, RequestLabels, RouteLabels, TraceContext};
+
+pub const REQUEST_ID: &str = "x-request-id";
+/// A client-supplied request id longer than this is replaced.
+pub const REQUEST_ID_LEN_MAX: usize = 128;
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The dependencies `/readyz` checks, each by name.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(String, Arc<dyn Fn() -> CheckFuture + Send + Sync>)>,
+}
+
+/// A readiness check that does not answer within this long has failed.
+pub const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Readiness {
+    pub fn check<F, Fut>(mut self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks
+            .push((name.to_owned(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    async fn report(&self) -> (bool, BTreeMap<String, String>) {
+        let mut all_ok = true;
+        let mut report = BTreeMap::new();
+        for (name, check) in &self.checks {
+            let outcome = match tokio::time::timeout(READINESS_CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(reason)) => reason,
+                Err(_) => "timed out".to_owned(),
+            };
+            all_ok &= outcome == "ok";
+            report.insert(name.clone(), outcome);
+        }
+        (all_ok, report)
+    }
+}
+
+/// Wraps a service's API router in the kit's conventions.
+pub fn service_router(
+    api: Router,
+    settings: &HttpSettings,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> Router {
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let metrics_for_endpoint = metrics.clone();
+    api.route(
+        "/healthz",
+        get(|| async { Json(serde_json::json!({"status": "alive"})) }),
+    )
+    .route(
+        "/readyz",
+        get(move || {
+            let readiness = readiness.clone();
+            async move {
+                let (ok, checks) = readiness.report().await;
+                if ok {
+                    Json(serde_json::json!({"status": "ready", "checks": checks})).into_response()
+                } else {
+                    let failing: Vec<_> = checks
+                        .iter()
+                        .filter(|(_, v)| *v != "ok")
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect();
+                    Problem::new(Code::Unavailable)
+                        .detail(failing.join("; "))
+                        .into_response()
+                }
+            }
+        }),
+    )
+    .route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics_for_endpoint.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+    .fallback(|| async { Problem::new(Code::NotFound) })
+    .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
+    .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+    .layer(middleware::from_fn(move |req, next| {
+        enforce_timeout(timeout, req, next)
+    }))
+    .layer(middleware::from_fn(move |req, next| {
+        observe(metrics.clone(), req, next)
+    }))
+}
+
+/// Outermost layer: trace context, request id, access log, metrics, panics.
+async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let trace = TraceContext::continue_or_start(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let path = req.uri().path().to_owned();
+
+    metrics.in_flight.inc();
+    let response = telemetry::in_trace(
+        trace.clone(),
+        AssertUnwindSafe(next.run(req)).catch_unwind(),
+    )
+    .await;
+    metrics.in_flight.dec();
+    let mut response = match response {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(trace_id = %trace.trace_id, %path, panic = %message, "handler panicked");
+            telemetry::in_trace(trace.clone(), async {
+                Problem::new(Code::Internal).into_response()
+            })
+            .await
+        }
+    };
+
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: method.clone(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route,
+        })
+        .observe(elapsed.as_secs_f64());
+    if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        tracing::info!(
+            trace_id = %trace.trace_id,
+            request_id = %request_id,
+            %method,
+            %path,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
+        headers.insert("traceparent", value);
+    }
+    response
+}
+
+async fn enforce_timeout(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(Code::Timeout)
+            .detail(format!("no answer within {} ms", timeout.as_millis()))
+            .into_response(),
+    }
+}
+
+/// A JSON request body whose rejections are problem+json: 413 over the body
+/// limit, 415 without `Content-Type: application/json`, 400 for bad syntax,
+/// 422 for the wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Problem::new(Code::UnsupportedMediaType),
+        JsonRejection::JsonDataError(e) => {
+            Problem::new(Code::ValidationFailed).detail(e.body_text())
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            Problem::new(Code::MalformedRequest).detail(e.body_text())
+        }
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(Code::PayloadTooLarge)
+        }
+        other => Problem::new(Code::MalformedRequest).detail(other.body_text()),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// The client's address, for handlers (`ConnectInfo<PeerAddr>`). Each
+/// listener kind [`serve`] accepts gets an impl here (a simulated network's
+/// listener adds its own next to this one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish for at most `grace`.
+pub async fn serve<L>(
+    listener: L,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    PeerAddr: for<'a> Connected<IncomingStream<'a, L>>,
+{
+    let (stop_tx, mut grace_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let grace_expired = async move {
+        let _ = grace_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(server) => result,
+        _ = grace_expired => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace expired; dropping open connections");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! SQL pools. Services write portable SQL (`$1` placeholders in order of
+//! first use, `TEXT`/`BIGINT` columns) against an [`AnyPool`], so that one
+//! store adapter serves SQLite (embedded default) and PostgreSQL.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AnyPool, SqlitePool};
+
+/// How long a writer waits for another process's SQLite write lock.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a pooled connection before failing.
+pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// `sqlite://` URL of a database file, created if missing.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// Opens a pool on a SQLite or PostgreSQL URL. SQLite files are put in WAL
+/// mode so that several processes (replicas of one role) can share them.
+pub async fn connect_any(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+    install_default_drivers();
+    let backend = Backend::of(url).ok_or_else(|| {
+        sqlx::Error::Configuration(format!("unsupported database URL scheme in {url:?}").into())
+    })?;
+    if backend == Backend::Sqlite {
+        // Set WAL once, outside the pool: it is a property of the file.
+        let options = sqlite_options(url)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        pool.close().await;
+    }
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+}
+
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    if let Some(parent) = options.get_filename().parent() {
+        std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+    }
+    Ok(options)
+}
+
+/// A SQLite pool on a file, for adapters that only ever run on SQLite.
+pub async fn connect_sqlite(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
+    let options = sqlite_options(&sqlite_url(path))?;
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+}

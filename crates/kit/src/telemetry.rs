@@ -1,0 +1,243 @@
+//! Logs, W3C trace context and Prometheus metrics.
+//!
+//! Every request runs inside a [`TraceContext`] (taken from `traceparent` or
+//! created) held in a task-local, so that logs, problem bodies and outgoing
+//! calls carry the same trace id without threading it through every call.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global log subscriber. Safe to call more than once (tests):
+/// later calls keep the first subscriber.
+pub fn init_logs(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Human => builder.with_ansi(false).try_init(),
+    };
+}
+
+/// W3C trace context of the request being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// This hop's span id: 16 lowercase hex digits.
+    pub span_id: String,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the caller's trace, or starts one when `traceparent` is
+    /// missing or malformed (W3C says: restart, do not fail).
+    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
+        let span_id = hex(&crate::random_bytes::<8>());
+        match traceparent.and_then(parse_traceparent) {
+            Some((trace_id, sampled)) => Self {
+                trace_id,
+                span_id,
+                sampled,
+            },
+            None => Self {
+                trace_id: hex(&crate::random_bytes::<16>()),
+                span_id,
+                sampled: true,
+            },
+        }
+    }
+
+    /// The `traceparent` to send on calls made while serving this request.
+    pub fn traceparent(&self) -> String {
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    }
+}
+
+fn parse_traceparent(value: &str) -> Option<(String, bool)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = is_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && is_hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && is_hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2);
+    if !valid {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace_id.to_owned(), sampled))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// Runs `future` with `context` as the current trace.
+pub async fn in_trace<F: Future>(context: TraceContext, future: F) -> F::Output {
+    CURRENT.scope(context, future).await
+}
+
+pub fn current_trace() -> Option<TraceContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+pub fn current_trace_id() -> Option<String> {
+    CURRENT.try_with(|c| c.trace_id.clone()).ok()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route template (`/api/v1/users/{id}`), never the raw path, so
+    /// that label cardinality stays bounded.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+/// The Prometheus registry of one process and the HTTP metrics every
+/// service has. Services register their own metrics on [`Metrics::registry`]
+/// before serving.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<std::sync::RwLock<Registry>>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub in_flight: Gauge,
+}
+
+/// Latency buckets in seconds: 1 ms to 10 s.
+const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+impl Metrics {
+    pub fn new(role: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "tessera",
+            [(
+                std::borrow::Cow::Borrowed("role"),
+                std::borrow::Cow::Owned(role.to_owned()),
+            )]
+            .into_iter(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: Family<RouteLabels, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS_S.into_iter()));
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served now",
+            in_flight.clone(),
+        );
+        Self {
+            registry: Arc::new(std::sync::RwLock::new(registry)),
+            requests,
+            latency,
+            in_flight,
+        }
+    }
+
+    /// Adds a service's own metric to the registry.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        if let Ok(mut registry) = self.registry.write() {
+            registry.register(name, help, metric);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.read() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_traceparent() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::continue_or_start(Some(incoming));
+        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(ctx.span_id, "00f067aa0ba902b7");
+        assert!(
+            ctx.traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+    }
+
+    #[test]
+    fn restarts_on_malformed_traceparent() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            let ctx = TraceContext::continue_or_start(Some(bad));
+            assert_ne!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!(ctx.trace_id.len(), 32);
+        }
+    }
+}

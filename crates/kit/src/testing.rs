@@ -1,0 +1,85 @@
+//! Test helpers: services on port 0, fresh stores, real backends by URL.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A service serving on an ephemeral loopback port until dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start(router: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            async {
+                let _ = stopped.await;
+            },
+            std::time::Duration::from_secs(1),
+        ));
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// True when running in CI, where a missing backend is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The URL of a real backend named by the environment variable `var`.
+/// Outside CI a missing variable skips the test with a message; in CI it
+/// fails, so that a suite never skips silently there.
+pub fn backend_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if in_ci() => panic!("{var} is not set: CI must run this suite against the real server"),
+        _ => {
+            eprintln!("skipping: set {var} to run this suite against a real server");
+            None
+        }
+    }
+}
+
+/// Creates an empty PostgreSQL database next to `admin_url`'s and returns
+/// its URL, so that each test owns its data.
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("tessera_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let _ = admin.close().await;
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) if base.contains("//") && !base.ends_with('/') => format!("{base}/{name}"),
+        _ => format!("{}/{name}", admin_url.trim_end_matches('/')),
+    }
+}

@@ -1,0 +1,29 @@
+use super::Invalid;
+
+pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
+
+/// What other people see: 1 to 100 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(Invalid("display name is empty".into()));
+        }
+        if name.chars().count() > DISPLAY_NAME_CHARS_MAX {
+            return Err(Invalid(format!(
+                "display name is longer than {DISPLAY_NAME_CHARS_MAX} characters"
+            )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Invalid("display name contains control characters".into()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

@@ -1,0 +1,30 @@
+//! Where accounts are kept. One port, [`AccountStore`]; adapters: SQL
+//! (SQLite embedded by default, PostgreSQL when configured) and memory.
+
+mod memory;
+mod sql;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryAccountStore;
+pub use sql::SqlAccountStore;
+
+use crate::domain::{Account, AccountId, Email, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an account with this email exists")]
+    DuplicateEmail,
+    #[error("account store: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    async fn insert(&self, account: &Account) -> Result<(), StoreError>;
+    async fn by_email(&self, email: &Email) -> Result<Option<Account>, StoreError>;
+    async fn by_id(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
+    /// Replaces an account's roles; false if there is no such account.
+    async fn set_roles(&self, id: &AccountId, roles: &[Role]) -> Result<bool, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,87 @@
+//! One suite for every account store: memory, SQLite, and PostgreSQL when
+//! `TESSERA_TEST_POSTGRES_URL` names a server.
+
+use identity::domain::{Account, AccountId, DisplayName, Email, Role};
+use identity::store::{AccountStore, MemoryAccountStore, SqlAccountStore, StoreError};
+
+fn account(email: &str) -> Account {
+    Account {
+        id: AccountId::generate(),
+        email: Email::parse(email).unwrap(),
+        display_name: DisplayName::parse("Ada").unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        roles: vec![Role::parse("user").unwrap()],
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+async fn conformance(store: &dyn AccountStore) {
+    store.ping().await.unwrap();
+    let ada = account("ada@example.com");
+    store.insert(&ada).await.unwrap();
+    assert_eq!(store.by_id(&ada.id).await.unwrap().as_ref(), Some(&ada));
+    assert_eq!(
+        store.by_email(&ada.email).await.unwrap().as_ref(),
+        Some(&ada)
+    );
+    assert!(store.by_id(&AccountId::generate()).await.unwrap().is_none());
+    assert!(
+        store
+            .by_email(&Email::parse("x@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let twin = account("ada@example.com");
+    assert!(matches!(
+        store.insert(&twin).await,
+        Err(StoreError::DuplicateEmail)
+    ));
+    assert!(
+        store.by_id(&twin.id).await.unwrap().is_none(),
+        "nothing half-written"
+    );
+
+    let roles = vec![Role::parse("user").unwrap(), Role::parse("admin").unwrap()];
+    assert!(store.set_roles(&ada.id, &roles).await.unwrap());
+    assert_eq!(store.by_id(&ada.id).await.unwrap().unwrap().roles, roles);
+    assert!(
+        !store
+            .set_roles(&AccountId::generate(), &roles)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn memory_store() {
+    conformance(&MemoryAccountStore::default()).await;
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = kit::sql::sqlite_url(&dir.path().join("identity.db"));
+    let store = SqlAccountStore::connect(&url, 2).await.unwrap();
+    conformance(&store).await;
+    // Migrations are idempotent: a second start on the same file works.
+    let again = SqlAccountStore::connect(&url, 2).await.unwrap();
+    assert!(
+        again
+            .by_email(&Email::parse("ada@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let Some(admin_url) = kit::testing::backend_url("TESSERA_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let url = kit::testing::fresh_postgres_database(&admin_url).await;
+    let store = SqlAccountStore::connect(&url, 2).await.unwrap();
+    conformance(&store).await;
+}

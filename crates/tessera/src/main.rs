@@ -1,0 +1,134 @@
+//! `tessera`: one binary, every role.
+
+mod roles;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kit::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "A commerce back end of microservices in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role of the system, each as its own supervised child process.
+    Up(up::UpArgs),
+    /// Run one role in this process (what `up` launches; what production runs).
+    Serve {
+        /// The role to run, e.g. `identity`.
+        role: String,
+        /// TOML configuration file; `TESSERA_...` variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Operator tasks.
+    Admin {
+        #[command(subcommand)]
+        task: AdminTask,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (default from configuration: ./tessera-data).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print a role's OpenAPI 3.1 document.
+    Openapi { role: String },
+}
+
+#[derive(Subcommand)]
+enum AdminTask {
+    /// Create an account with the given roles.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        /// A role to grant; repeat for several.
+        #[arg(long = "role", default_value = "user")]
+        roles: Vec<String>,
+    },
+    /// Add a new token signing key; the old one keeps verifying until its
+    /// tokens have expired.
+    RotateKeys,
+}
+
+fn load_config(file: Option<&PathBuf>, data_dir: Option<&PathBuf>) -> Result<Config, String> {
+    let config = Config::load(file.map(PathBuf::as_path)).map_err(|e| e.to_string())?;
+    match data_dir {
+        Some(dir) => config.with("data_dir", dir).map_err(|e| e.to_string()),
+        None => Ok(config),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Serve { role, config } => {
+            let role = roles::find(&role)?;
+            let config = load_config(config.as_ref(), None)?;
+            kit::telemetry::init_logs(&config.common().map_err(|e| e.to_string())?.log);
+            runtime()?.block_on((role.serve)(config))
+        }
+        Command::Admin {
+            task,
+            config,
+            data_dir,
+        } => {
+            let config = load_config(config.as_ref(), data_dir.as_ref())?;
+            match task {
+                AdminTask::CreateUser {
+                    email,
+                    password,
+                    roles,
+                } => {
+                    let account = runtime()?
+                        .block_on(identity::create_user(&config, &email, &password, &roles))
+                        .map_err(|e| e.to_string())?;
+                    println!(
+                        "created account {} ({}) with roles {}",
+                        account.id.as_str(),
+                        account.email.as_str(),
+                        account.role_names().join(", ")
+                    );
+                }
+                AdminTask::RotateKeys => {
+                    let kid = identity::rotate_keys(&config).map_err(|e| e.to_string())?;
+                    println!("new signing key {kid}; running services pick it up within seconds");
+                }
+            }
+            Ok(())
+        }
+        Command::Openapi { role } => {
+            println!("{}", (roles::find(&role)?.openapi)());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tessera: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
