@@ -309,12 +309,11 @@ impl JwksClient {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, VerifyingKey>, String> {
-        let mut response = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut request = self.http.get(&self.url);
+        if let Some(trace) = crate::telemetry::current_trace() {
+            request = request.header("traceparent", trace.traceparent());
+        }
+        let mut response = request.send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("JWKS answered {}", response.status()));
         }

@@ -198,7 +198,7 @@ async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
             %method,
             %path,
             status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_us = elapsed.as_micros() as u64,
             "request"
         );
     }

@@ -10,6 +10,7 @@
 //! - [`kv`]: the key-value port (TTLs, counters) and its adapters.
 //! - [`sql`]: SQL pool helpers for SQLite and PostgreSQL.
 //! - [`listen`]: listeners, bound here or inherited from `tessera up`.
+//! - [`lockfile`]: cross-process exclusive locks on files.
 //! - [`clock`]: the injected clock.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod listen;
+pub mod lockfile;
 pub mod problem;
 pub mod sql;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AnyPool, SqlitePool};
 
@@ -46,8 +47,10 @@ pub async fn connect_any(url: &str, max_connections: u32) -> Result<AnyPool, sql
         sqlx::Error::Configuration(format!("unsupported database URL scheme in {url:?}").into())
     })?;
     if backend == Backend::Sqlite {
-        // Set WAL once, outside the pool: it is a property of the file.
+        // Set WAL once, outside the pool: it is a property of the file, and
+        // changing it needs the file to itself, so openers take turns.
         let options = sqlite_options(url)?;
+        let _turn = sqlite_turn(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -86,12 +89,32 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
     Ok(options)
 }
 
+/// Schema and journal-mode changes on one SQLite file, one process at a time.
+async fn sqlite_turn(options: &SqliteConnectOptions) -> Result<std::fs::File, sqlx::Error> {
+    let lock = options.get_filename().with_extension("schema.lock");
+    crate::lockfile::lock_exclusive_async(&lock)
+        .await
+        .map_err(sqlx::Error::Io)
+}
+
 /// A SQLite pool on a file, for adapters that only ever run on SQLite.
 pub async fn connect_sqlite(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
     let options = sqlite_options(&sqlite_url(path))?;
+    let _turn = sqlite_turn(&options).await?;
     SqlitePoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
+}
+
+/// Brings the schema up to date. PostgreSQL serialises concurrent runs with
+/// an advisory lock (sqlx does that); SQLite has none, so replicas starting
+/// together on one file take turns through a lock file beside it.
+pub async fn migrate(pool: &AnyPool, url: &str, migrator: &Migrator) -> Result<(), sqlx::Error> {
+    let _turn = match Backend::of(url) {
+        Some(Backend::Sqlite) => Some(sqlite_turn(&sqlite_options(url)?).await?),
+        _ => None,
+    };
+    migrator.run(pool).await.map_err(sqlx::Error::from)
 }

@@ -3,6 +3,7 @@
 mod roles;
 mod up;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -117,8 +118,13 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Openapi { role } => {
-            println!("{}", (roles::find(&role)?.openapi)());
-            Ok(())
+            let document = (roles::find(&role)?.openapi)();
+            let mut stdout = std::io::stdout().lock();
+            match writeln!(stdout, "{document}") {
+                // A reader that stops early (`| head`) is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+                _ => Ok(()),
+            }
         }
     }
 }

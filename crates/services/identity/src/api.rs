@@ -63,13 +63,17 @@ impl From<IdentityError> for Problem {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// Becomes the login name; compared case-insensitively.
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// 12 to 128 characters, not a commonly used password.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(
+        example = "correct horse battery staple",
+        min_length = 12,
+        max_length = 128
+    )]
     pub password: String,
-    /// 1 to 100 characters.
-    #[schema(example = "Ada Lovelace")]
+    /// 1 to 100 characters, not only white space.
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     pub display_name: String,
 }
 

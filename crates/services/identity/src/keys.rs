@@ -160,18 +160,7 @@ fn with_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, KeyError>) -> Result<T
         .create(dir)
         .map_err(io(dir))?;
     let lock_path = dir.join(".lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor this function owns; released on close.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io(&lock_path)(std::io::Error::last_os_error()));
-    }
+    let lock = kit::lockfile::lock_exclusive(&lock_path).map_err(io(&lock_path))?;
     let outcome = f();
     drop(lock);
     outcome

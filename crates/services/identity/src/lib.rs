@@ -67,6 +67,9 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Identity, Ident
     let (common, settings) = settings(config)?;
     let dir = data_dir(&common);
     std::fs::create_dir_all(&dir)?;
+    if settings.database_url == "memory" || settings.kv_url == "memory" {
+        tracing::warn!("identity runs on in-memory stores: everything is lost when it stops");
+    }
     let accounts: Arc<dyn AccountStore> = match settings.database_url.as_str() {
         "memory" => Arc::new(MemoryAccountStore::default()),
         "" => Arc::new(

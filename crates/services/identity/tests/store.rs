@@ -85,3 +85,17 @@ async fn postgres_store() {
     let store = SqlAccountStore::connect(&url, 2).await.unwrap();
     conformance(&store).await;
 }
+
+/// Replicas of a role start together on one embedded file: every one of
+/// them must come up, whichever runs the migrations.
+#[tokio::test]
+async fn replicas_starting_at_once_on_one_sqlite_file_all_succeed() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = kit::sql::sqlite_url(&dir.path().join("identity.db"));
+        let starts = (0..4).map(|_| SqlAccountStore::connect(&url, 2));
+        for outcome in futures_util::future::join_all(starts).await {
+            outcome.unwrap();
+        }
+    }
+}

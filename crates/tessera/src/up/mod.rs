@@ -7,7 +7,6 @@ mod supervisor;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,20 +58,9 @@ fn replica_counts(specs: &[String]) -> Result<BTreeMap<&'static str, u32>, Strin
 /// Refuses a second `up` on the same data directory. Held until exit.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     let path = dir.join("up.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
-            "another `tessera up` is running on {}",
-            dir.display()
-        ));
-    }
-    Ok(file)
+    kit::lockfile::try_lock_exclusive(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("another `tessera up` is running on {}", dir.display()))
 }
 
 fn bind(port: u16) -> Result<(TcpListener, String), String> {

@@ -32,7 +32,9 @@ impl SqlAccountStore {
         let pool = kit::sql::connect_any(url, connections_max)
             .await
             .map_err(backend)?;
-        migrator.run(&pool).await.map_err(backend)?;
+        kit::sql::migrate(&pool, url, migrator)
+            .await
+            .map_err(backend)?;
         Ok(Self { pool })
     }
 

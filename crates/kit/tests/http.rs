@@ -1,0 +1,100 @@
+//! The kit's HTTP conventions through a real server: timeout, panic, drain.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use kit::config::HttpSettings;
+use kit::http::Readiness;
+use kit::telemetry::Metrics;
+use kit::testing::TestServer;
+
+async fn serve(settings: HttpSettings, readiness: Readiness) -> TestServer {
+    let api = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("boom");
+                }
+                "unreachable"
+            }),
+        );
+    TestServer::start(kit::http::service_router(
+        api,
+        &settings,
+        Metrics::new("test"),
+        readiness,
+    ))
+    .await
+}
+
+async fn problem_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    (status, body["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_with_503() {
+    let server = serve(
+        HttpSettings {
+            request_timeout_ms: 100,
+            ..HttpSettings::default()
+        },
+        Readiness::default(),
+    )
+    .await;
+    let response = reqwest::get(server.url("/slow")).await.unwrap();
+    assert_eq!(problem_code(response).await, (503, "timeout".into()));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_and_the_server_lives_on() {
+    let server = serve(HttpSettings::default(), Readiness::default()).await;
+    let response = reqwest::get(server.url("/panic")).await.unwrap();
+    assert_eq!(problem_code(response).await, (500, "internal".into()));
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn failing_readiness_check_is_503_naming_it() {
+    let readiness = Readiness::default()
+        .check("database", || async { Ok(()) })
+        .check("broker", || async { Err("connection refused".to_owned()) });
+    let server = serve(HttpSettings::default(), readiness).await;
+    let response = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["detail"], "broker: connection refused");
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let server = serve(HttpSettings::default(), Readiness::default()).await;
+    let url = server.url("/slow");
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = server.addr;
+    drop(server); // asks for shutdown while /slow is being served
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
