@@ -259,6 +259,22 @@ pub struct GroupLag {
     pub dead_letters: u64,
 }
 
+/// Where a [`Broker::tail`] starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailFrom {
+    /// The first event ever published.
+    Start,
+    /// Only events published from now on.
+    Now,
+}
+
+/// Events as they are published, for watching: nothing is acknowledged and
+/// no group's position moves.
+#[async_trait]
+pub trait EventStream: Send {
+    async fn next(&mut self) -> Result<CloudEvent, BusError>;
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Stores the events, in order; ids already stored are skipped.
@@ -275,6 +291,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Puts a dead letter back into its group, with a fresh delivery count.
     async fn replay_dead_letter(&self, group: &str, seq: u64) -> Result<bool, BusError>;
     async fn drop_dead_letter(&self, group: &str, seq: u64) -> Result<bool, BusError>;
+    /// Follows the log (`tessera events tail`).
+    async fn tail(
+        &self,
+        types: TypeFilter,
+        from: TailFrom,
+    ) -> Result<Box<dyn EventStream>, BusError>;
 }
 
 pub type SharedBroker = Arc<dyn Broker>;

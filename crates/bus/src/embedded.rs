@@ -22,8 +22,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::Notify;
 
 use crate::broker::{
-    Backoff, Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, GroupLag,
-    PollingSubscription, Settle, SubscribeOptions, Subscription, TypeFilter,
+    Backoff, Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, EventStream,
+    GroupLag, PollingSubscription, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 use crate::event::{CloudEvent, EVENT_BYTES_MAX};
 
@@ -597,5 +597,67 @@ impl Broker for EmbeddedBroker {
             .map_err(db)?
             .rows_affected();
         Ok(removed == 1)
+    }
+
+    async fn tail(
+        &self,
+        types: TypeFilter,
+        from: TailFrom,
+    ) -> Result<Box<dyn EventStream>, BusError> {
+        let after_seq = match from {
+            TailFrom::Start => 0,
+            TailFrom::Now => sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(db)?,
+        };
+        Ok(Box::new(EmbeddedTail {
+            broker: self.inner.clone(),
+            types,
+            after_seq,
+            ready: VecDeque::new(),
+        }))
+    }
+}
+
+/// Events read from the log per query while tailing.
+const TAIL_BATCH_MAX: i64 = 256;
+
+struct EmbeddedTail {
+    broker: Arc<Inner>,
+    types: TypeFilter,
+    after_seq: i64,
+    ready: VecDeque<CloudEvent>,
+}
+
+#[async_trait]
+impl EventStream for EmbeddedTail {
+    async fn next(&mut self) -> Result<CloudEvent, BusError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            let changed = self.broker.changed.notified();
+            let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT seq, type, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .bind(self.after_seq)
+            .bind(TAIL_BATCH_MAX)
+            .fetch_all(&self.broker.pool)
+            .await
+            .map_err(db)?;
+            for (seq, event_type, body) in rows {
+                self.after_seq = seq;
+                if self.types.matches(&event_type) {
+                    self.ready.push_back(decode(&body)?);
+                }
+            }
+            if self.ready.is_empty() {
+                tokio::select! {
+                    _ = changed => {}
+                    _ = tokio::time::sleep(IDLE_POLL_INTERVAL) => {}
+                }
+            }
+        }
     }
 }

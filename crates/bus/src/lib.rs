@@ -19,7 +19,41 @@ pub mod memory;
 pub mod outbox;
 
 pub use broker::{
-    Backoff, Broker, BusError, DeadLetter, Delivery, GroupLag, SharedBroker, SubscribeOptions,
-    Subscription, TypeFilter,
+    Backoff, Broker, BusError, DeadLetter, Delivery, EventStream, GroupLag, SharedBroker,
+    SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 pub use event::CloudEvent;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use broker::DeadLetterReport;
+use kit::clock::SharedClock;
+
+/// The embedded log's file, relative to the data directory.
+pub const EMBEDDED_LOG_PATH: &str = "bus/events.db";
+
+/// Opens the broker `url` names: empty or `embedded` for the embedded log
+/// under `data_dir`, `memory` for an in-process one (tests, simulation).
+pub async fn open(
+    url: &str,
+    data_dir: &Path,
+    clock: SharedClock,
+    report: DeadLetterReport,
+) -> Result<SharedBroker, BusError> {
+    match url {
+        "" | "embedded" => {
+            let broker =
+                embedded::EmbeddedBroker::open(&data_dir.join(EMBEDDED_LOG_PATH), clock, report)
+                    .await?;
+            Ok(Arc::new(broker))
+        }
+        "memory" => {
+            tracing::warn!("the event bus is in memory: events are lost when this process stops");
+            Ok(Arc::new(memory::MemoryBroker::new(clock, report)))
+        }
+        other => Err(BusError::Invalid(format!(
+            "unsupported bus URL {other:?}: expected empty (embedded), embedded or memory"
+        ))),
+    }
+}

@@ -10,8 +10,8 @@ use kit::clock::SharedClock;
 use tokio::sync::Notify;
 
 use crate::broker::{
-    Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, GroupLag, PollingSubscription,
-    Settle, SubscribeOptions, Subscription,
+    Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, EventStream, GroupLag,
+    PollingSubscription, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 use crate::event::CloudEvent;
 
@@ -324,5 +324,49 @@ impl Broker for MemoryBroker {
                 .get_mut(group)
                 .is_some_and(|g| g.dead.remove(&seq).is_some())
         }))
+    }
+
+    async fn tail(
+        &self,
+        types: TypeFilter,
+        from: TailFrom,
+    ) -> Result<Box<dyn EventStream>, BusError> {
+        let next = match from {
+            TailFrom::Start => 0,
+            TailFrom::Now => self.inner.with(|state| state.log.len()),
+        };
+        Ok(Box::new(MemoryTail {
+            broker: self.inner.clone(),
+            types,
+            next,
+        }))
+    }
+}
+
+struct MemoryTail {
+    broker: Arc<Inner>,
+    types: TypeFilter,
+    /// The log position to read next.
+    next: usize,
+}
+
+#[async_trait]
+impl EventStream for MemoryTail {
+    async fn next(&mut self) -> Result<CloudEvent, BusError> {
+        loop {
+            let changed = self.broker.changed.notified();
+            let found = self.broker.with(|state| {
+                let found = state.log[self.next..]
+                    .iter()
+                    .position(|e| self.types.matches(&e.event_type))
+                    .map(|i| (self.next + i, state.log[self.next + i].clone()));
+                self.next = found.as_ref().map_or(state.log.len(), |(i, _)| i + 1);
+                found
+            });
+            if let Some((_, event)) = found {
+                return Ok(event);
+            }
+            changed.await;
+        }
     }
 }

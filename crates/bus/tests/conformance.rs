@@ -8,7 +8,8 @@ use bus::broker::DeadLetterReport;
 use bus::embedded::EmbeddedBroker;
 use bus::memory::MemoryBroker;
 use bus::{
-    Backoff, CloudEvent, Delivery, SharedBroker, SubscribeOptions, Subscription, TypeFilter,
+    Backoff, CloudEvent, Delivery, SharedBroker, SubscribeOptions, Subscription, TailFrom,
+    TypeFilter,
 };
 use serde_json::json;
 
@@ -393,4 +394,35 @@ async fn embedded_log_is_shared_by_every_opener_of_the_file() {
     nothing_within(&mut on_a, Duration::from_millis(200)).await;
     let lag = b.lag().await.unwrap();
     assert_eq!(lag[0].pending, 0);
+}
+
+#[tokio::test]
+async fn tail_follows_the_log_from_the_start_or_from_now() {
+    for (name, broker, _dir) in brokers().await {
+        broker
+            .publish(&[event("a.x.v1", "s", 1), event("b.x.v1", "s", 2)])
+            .await
+            .unwrap();
+        let mut from_start = broker
+            .tail(TypeFilter::parse(&["a.*"]).unwrap(), TailFrom::Start)
+            .await
+            .unwrap();
+        let mut from_now = broker.tail(TypeFilter::all(), TailFrom::Now).await.unwrap();
+        broker.publish(&[event("a.x.v1", "s", 3)]).await.unwrap();
+        assert_eq!(read(&mut from_start).await, 1, "{name}");
+        assert_eq!(
+            read(&mut from_start).await,
+            3,
+            "{name}: type filter skips 2"
+        );
+        assert_eq!(read(&mut from_now).await, 3, "{name}: only what came after");
+    }
+}
+
+async fn read(stream: &mut Box<dyn bus::EventStream>) -> u64 {
+    let event = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    event.data["n"].as_u64().unwrap()
 }

@@ -96,6 +96,8 @@ impl Config {
 pub struct Common {
     /// Where embedded stores, keys and `up.json` live.
     pub data_dir: PathBuf,
+    /// The event broker: empty for the embedded log in the data dir.
+    pub bus_url: String,
     pub log: LogSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
@@ -105,6 +107,7 @@ impl Default for Common {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./tessera-data"),
+            bus_url: String::new(),
             log: LogSettings::default(),
             http: HttpSettings::default(),
             auth: AuthSettings::default(),

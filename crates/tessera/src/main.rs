@@ -1,5 +1,6 @@
 //! `tessera`: one binary, every role.
 
+mod events;
 mod roles;
 mod up;
 
@@ -37,6 +38,16 @@ enum Command {
     Admin {
         #[command(subcommand)]
         task: AdminTask,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (default from configuration: ./tessera-data).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Watch the event log, consumer lag, and the dead-letter store.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
         #[arg(long, global = true)]
         config: Option<PathBuf>,
         /// Data directory (default from configuration: ./tessera-data).
@@ -116,6 +127,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             Ok(())
+        }
+        Command::Events {
+            command,
+            config,
+            data_dir,
+        } => {
+            let config = load_config(config.as_ref(), data_dir.as_ref())?;
+            runtime()?.block_on(events::run(command, &config))
         }
         Command::Openapi { role } => {
             let document = (roles::find(&role)?.openapi)();

@@ -25,6 +25,13 @@ fn every_subcommand_has_help() {
         vec!["admin", "create-user", "--help"],
         vec!["admin", "rotate-keys", "--help"],
         vec!["openapi", "--help"],
+        vec!["events", "--help"],
+        vec!["events", "tail", "--help"],
+        vec!["events", "lag", "--help"],
+        vec!["events", "dlq", "--help"],
+        vec!["events", "dlq", "list", "--help"],
+        vec!["events", "dlq", "replay", "--help"],
+        vec!["events", "dlq", "drop", "--help"],
     ] {
         let output = tessera(&args);
         assert!(output.status.success(), "{args:?}");
