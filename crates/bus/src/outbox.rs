@@ -75,10 +75,11 @@ impl Relay {
         }
     }
 
-    /// Call after committing staged events so this process relays them at
-    /// once instead of at its next poll.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+    /// The store notifies `wake` after committing staged events, so that
+    /// this process relays them at once instead of at its next poll.
+    pub fn woken_by(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
     }
 
     async fn hold_lease(&self) -> Result<bool, sqlx::Error> {

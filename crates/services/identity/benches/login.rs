@@ -62,9 +62,14 @@ async fn logins_per_s(seconds: u64, clients: u64) -> f64 {
     ))
     .unwrap();
     let clock = kit::clock::system();
-    let identity = Arc::new(identity::open(&config, clock.clone()).await.unwrap());
-    let server =
-        TestServer::start(identity::router(identity, &config.common().unwrap(), clock)).await;
+    let mut opened = identity::open(&config, clock.clone()).await.unwrap();
+    opened.start_relay();
+    let server = TestServer::start(identity::router(
+        opened.identity,
+        &config.common().unwrap(),
+        clock,
+    ))
+    .await;
     let http = reqwest::Client::new();
     let registered = http
         .post(server.url("/api/v1/auth/register"))

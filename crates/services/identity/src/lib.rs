@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod domain;
+pub mod events;
 mod hashing;
 pub mod keys;
 pub mod settings;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use bus::broker::DeadLetterReport;
+use bus::outbox::Relay;
 use kit::auth::TokenVerifier;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
@@ -62,29 +65,52 @@ fn settings(config: &Config) -> Result<(Common, IdentitySettings), IdentityStart
     Ok((config.common()?, config.section(ROLE)?))
 }
 
-/// Builds the application on the stores the configuration names.
-pub async fn open(config: &Config, clock: SharedClock) -> Result<Identity, IdentityStartError> {
+/// The application, and the outbox relay to start where it serves.
+pub struct Opened {
+    pub identity: Arc<Identity>,
+    relay: Option<Relay>,
+}
+
+impl Opened {
+    /// Publishes committed events from now until the process exits.
+    pub fn start_relay(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            tokio::spawn(relay.run(std::future::pending()));
+        }
+    }
+}
+
+/// Builds the application on the stores and broker the configuration names.
+pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, IdentityStartError> {
     let (common, settings) = settings(config)?;
     let dir = data_dir(&common);
     std::fs::create_dir_all(&dir)?;
     if settings.database_url == "memory" || settings.kv_url == "memory" {
         tracing::warn!("identity runs on in-memory stores: everything is lost when it stops");
     }
-    let accounts: Arc<dyn AccountStore> = match settings.database_url.as_str() {
-        "memory" => Arc::new(MemoryAccountStore::default()),
-        "" => Arc::new(
-            SqlAccountStore::connect(
-                &kit::sql::sqlite_url(&dir.join("identity.db")),
-                settings.database_connections_max,
-            )
-            .await
-            .map_err(|e| IdentityStartError::Store(e.to_string()))?,
-        ),
-        url => Arc::new(
-            SqlAccountStore::connect(url, settings.database_connections_max)
-                .await
-                .map_err(|e| IdentityStartError::Store(e.to_string()))?,
-        ),
+    let store_error = |e: store::StoreError| IdentityStartError::Store(e.to_string());
+    let broker = bus::open(
+        &common.bus_url,
+        &common.data_dir,
+        clock.clone(),
+        DeadLetterReport::default(),
+    )
+    .await
+    .map_err(|e| IdentityStartError::Store(e.to_string()))?;
+    let (accounts, relay): (Arc<dyn AccountStore>, _) = match settings.database_url.as_str() {
+        "memory" => (Arc::new(MemoryAccountStore::new(broker)), None),
+        configured => {
+            let url = match configured {
+                "" => kit::sql::sqlite_url(&dir.join("identity.db")),
+                url => url.to_owned(),
+            };
+            let store =
+                SqlAccountStore::connect(&url, settings.database_connections_max, clock.clone())
+                    .await
+                    .map_err(store_error)?;
+            let relay = store.relay(broker);
+            (Arc::new(store), Some(relay))
+        }
     };
     let kv = kit::kv::open(&settings.kv_url, &dir.join("kv.db"), ROLE, clock.clone())
         .await
@@ -99,15 +125,18 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Identity, Ident
         settings.password_hash_queue_max,
     )
     .map_err(|e| IdentityStartError::Store(e.to_string()))?;
-    Ok(Identity::new(
-        accounts,
-        kv,
-        keys,
-        hasher,
-        clock,
-        settings,
-        common.auth,
-    ))
+    Ok(Opened {
+        identity: Arc::new(Identity::new(
+            accounts,
+            kv,
+            keys,
+            hasher,
+            clock,
+            settings,
+            common.auth,
+        )),
+        relay,
+    })
 }
 
 /// The whole HTTP surface: API plus the kit's health, readiness and metrics.
@@ -130,7 +159,9 @@ pub fn router(identity: Arc<Identity>, common: &Common, clock: SharedClock) -> R
 pub async fn serve(config: &Config) -> Result<(), IdentityStartError> {
     let (common, settings) = settings(config)?;
     let clock = kit::clock::system();
-    let identity = Arc::new(open(config, clock.clone()).await?);
+    let mut opened = open(config, clock.clone()).await?;
+    opened.start_relay();
+    let identity = opened.identity;
     let keyring = identity.keyring().clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(KEY_RELOAD_INTERVAL);
@@ -170,8 +201,9 @@ pub async fn create_user(
             .collect::<Result<_, _>>()
             .map_err(refused)?,
     };
-    let identity = open(config, kit::clock::system()).await?;
-    identity
+    let opened = open(config, kit::clock::system()).await?;
+    opened
+        .identity
         .register(new)
         .await
         .map_err(|e| IdentityStartError::Refused(e.to_string()))

@@ -18,7 +18,7 @@ fn account(email: &str) -> Account {
 async fn conformance(store: &dyn AccountStore) {
     store.ping().await.unwrap();
     let ada = account("ada@example.com");
-    store.insert(&ada).await.unwrap();
+    store.insert(&ada, &[]).await.unwrap();
     assert_eq!(store.by_id(&ada.id).await.unwrap().as_ref(), Some(&ada));
     assert_eq!(
         store.by_email(&ada.email).await.unwrap().as_ref(),
@@ -35,7 +35,7 @@ async fn conformance(store: &dyn AccountStore) {
 
     let twin = account("ada@example.com");
     assert!(matches!(
-        store.insert(&twin).await,
+        store.insert(&twin, &[]).await,
         Err(StoreError::DuplicateEmail)
     ));
     assert!(
@@ -56,17 +56,25 @@ async fn conformance(store: &dyn AccountStore) {
 
 #[tokio::test]
 async fn memory_store() {
-    conformance(&MemoryAccountStore::default()).await;
+    let broker = std::sync::Arc::new(bus::memory::MemoryBroker::new(
+        kit::clock::system(),
+        bus::broker::DeadLetterReport::default(),
+    ));
+    conformance(&MemoryAccountStore::new(broker)).await;
 }
 
 #[tokio::test]
 async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
     let url = kit::sql::sqlite_url(&dir.path().join("identity.db"));
-    let store = SqlAccountStore::connect(&url, 2).await.unwrap();
+    let store = SqlAccountStore::connect(&url, 2, kit::clock::system())
+        .await
+        .unwrap();
     conformance(&store).await;
     // Migrations are idempotent: a second start on the same file works.
-    let again = SqlAccountStore::connect(&url, 2).await.unwrap();
+    let again = SqlAccountStore::connect(&url, 2, kit::clock::system())
+        .await
+        .unwrap();
     assert!(
         again
             .by_email(&Email::parse("ada@example.com").unwrap())
@@ -82,7 +90,9 @@ async fn postgres_store() {
         return;
     };
     let url = kit::testing::fresh_postgres_database(&admin_url).await;
-    let store = SqlAccountStore::connect(&url, 2).await.unwrap();
+    let store = SqlAccountStore::connect(&url, 2, kit::clock::system())
+        .await
+        .unwrap();
     conformance(&store).await;
 }
 
@@ -93,7 +103,7 @@ async fn replicas_starting_at_once_on_one_sqlite_file_all_succeed() {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let url = kit::sql::sqlite_url(&dir.path().join("identity.db"));
-        let starts = (0..4).map(|_| SqlAccountStore::connect(&url, 2));
+        let starts = (0..4).map(|_| SqlAccountStore::connect(&url, 2, kit::clock::system()));
         for outcome in futures_util::future::join_all(starts).await {
             outcome.unwrap();
         }

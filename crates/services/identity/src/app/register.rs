@@ -25,7 +25,8 @@ impl Identity {
             roles: new.roles,
             created_at_ms: self.clock.now_ms(),
         };
-        self.accounts.insert(&account).await?;
+        let registered = crate::events::user_registered(&account, self.clock.now_ms());
+        self.accounts.insert(&account, &[registered]).await?;
         tracing::info!(account_id = %account.id.as_str(), "account registered");
         Ok(account)
     }

@@ -5,6 +5,7 @@ mod memory;
 mod sql;
 
 use async_trait::async_trait;
+use bus::CloudEvent;
 
 pub use memory::MemoryAccountStore;
 pub use sql::SqlAccountStore;
@@ -21,7 +22,8 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
-    async fn insert(&self, account: &Account) -> Result<(), StoreError>;
+    /// Stores a new account and the events that announce it, atomically.
+    async fn insert(&self, account: &Account, events: &[CloudEvent]) -> Result<(), StoreError>;
     async fn by_email(&self, email: &Email) -> Result<Option<Account>, StoreError>;
     async fn by_id(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
     /// Replaces an account's roles; false if there is no such account.

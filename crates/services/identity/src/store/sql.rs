@@ -1,8 +1,14 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use bus::outbox::Relay;
+use bus::{CloudEvent, SharedBroker};
+use kit::clock::SharedClock;
 use kit::sql::Backend;
 use sqlx::any::AnyRow;
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
+use tokio::sync::Notify;
 
 use super::{AccountStore, StoreError};
 use crate::domain::{Account, AccountId, DisplayName, Email, Role};
@@ -13,6 +19,9 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Accounts in SQLite or PostgreSQL, through one portable set of queries.
 pub struct SqlAccountStore {
     pool: AnyPool,
+    clock: SharedClock,
+    /// Wakes this process's outbox relay after a commit with events.
+    relay_wake: Arc<Notify>,
 }
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
@@ -23,7 +32,11 @@ const COLUMNS: &str = "id, email, display_name, password_hash, roles, created_at
 
 impl SqlAccountStore {
     /// Connects and brings the schema up to date.
-    pub async fn connect(url: &str, connections_max: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        connections_max: u32,
+        clock: SharedClock,
+    ) -> Result<Self, StoreError> {
         let migrator = match Backend::of(url) {
             Some(Backend::Sqlite) => &SQLITE_MIGRATIONS,
             Some(Backend::Postgres) => &POSTGRES_MIGRATIONS,
@@ -35,7 +48,16 @@ impl SqlAccountStore {
         kit::sql::migrate(&pool, url, migrator)
             .await
             .map_err(backend)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            clock,
+            relay_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The relay that publishes this store's outbox to `broker`.
+    pub fn relay(&self, broker: SharedBroker) -> Relay {
+        Relay::new(self.pool.clone(), broker, self.clock.clone()).woken_by(self.relay_wake.clone())
     }
 
     fn account(row: &AnyRow) -> Result<Account, StoreError> {
@@ -81,7 +103,8 @@ fn roles_json(roles: &[Role]) -> String {
 
 #[async_trait]
 impl AccountStore for SqlAccountStore {
-    async fn insert(&self, account: &Account) -> Result<(), StoreError> {
+    async fn insert(&self, account: &Account, events: &[CloudEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let outcome = sqlx::query(&format!(
             "INSERT INTO accounts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
         ))
@@ -91,15 +114,24 @@ impl AccountStore for SqlAccountStore {
         .bind(account.password_hash.clone())
         .bind(roles_json(&account.roles))
         .bind(account.created_at_ms as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match outcome {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::DuplicateEmail)
+                return Err(StoreError::DuplicateEmail);
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => return Err(backend(e)),
         }
+        let now = self.clock.now_ms();
+        for event in events {
+            bus::outbox::stage(&mut tx, event, now)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        self.relay_wake.notify_one();
+        Ok(())
     }
 
     async fn by_email(&self, email: &Email) -> Result<Option<Account>, StoreError> {

@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
 use kit::config::Config;
 use kit::testing::TestServer;
 use serde_json::{Value, json};
@@ -12,7 +10,7 @@ pub struct TestApp {
     pub server: TestServer,
     pub http: reqwest::Client,
     pub config: Config,
-    _data_dir: tempfile::TempDir,
+    pub data_dir: tempfile::TempDir,
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -31,13 +29,14 @@ pub async fn spawn_app_with(extra_toml: &str) -> TestApp {
     );
     let config = Config::from_toml(&toml).unwrap();
     let clock = kit::clock::system();
-    let identity = Arc::new(identity::open(&config, clock.clone()).await.unwrap());
-    let router = identity::router(identity, &config.common().unwrap(), clock);
+    let mut opened = identity::open(&config, clock.clone()).await.unwrap();
+    opened.start_relay();
+    let router = identity::router(opened.identity, &config.common().unwrap(), clock);
     TestApp {
         server: TestServer::start(router).await,
         http: reqwest::Client::new(),
         config,
-        _data_dir: data_dir,
+        data_dir,
     }
 }
 
