@@ -57,3 +57,49 @@ pub async fn open(
         ))),
     }
 }
+
+/// Runs a consumer group member until the process exits: each delivery
+/// goes to `handle`; `Ok` acks it, `Err(reason)` nacks it for a retry
+/// (and, after `max_deliveries`, the dead-letter store).
+pub async fn consume<F, Fut>(broker: SharedBroker, options: SubscribeOptions, handle: F)
+where
+    F: Fn(CloudEvent) -> Fut + Send,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let group = options.group.clone();
+    let mut subscription = loop {
+        match broker.subscribe(options.clone()).await {
+            Ok(subscription) => break subscription,
+            Err(error) => {
+                tracing::warn!(%group, %error, "cannot subscribe; retrying");
+                tokio::time::sleep(CONSUME_RETRY_DELAY).await;
+            }
+        }
+    };
+    loop {
+        let delivery = match subscription.next().await {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::warn!(%group, %error, "receive failed; retrying");
+                tokio::time::sleep(CONSUME_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let trace =
+            kit::telemetry::TraceContext::continue_or_start(delivery.event.traceparent.as_deref());
+        let outcome = kit::telemetry::in_trace(trace, handle(delivery.event.clone())).await;
+        let settled = match outcome {
+            Ok(()) => delivery.ack().await,
+            Err(reason) => {
+                tracing::warn!(%group, event_id = %delivery.event.id, attempt = delivery.attempt, %reason, "handler failed");
+                delivery.nack(&reason).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%group, %error, "settling a delivery failed; it will be redelivered");
+        }
+    }
+}
+
+/// Wait before retrying a failed subscribe or receive.
+pub const CONSUME_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit::clock::SharedClock;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::Notify;
 
 use crate::broker::SharedBroker;
@@ -55,6 +55,62 @@ pub async fn stage(
     Ok(())
 }
 
+/// A service's SQL pool together with its outbox: what its store commits
+/// changes through, so that events are staged in the same transaction and
+/// the relay is woken after the commit.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: AnyPool,
+    clock: SharedClock,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(pool: AnyPool, clock: SharedClock) -> Self {
+        Self {
+            pool,
+            clock,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Stages `events` in `tx`, commits, and wakes this process's relay.
+    pub async fn commit(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        events: &[CloudEvent],
+    ) -> Result<(), sqlx::Error> {
+        let now = self.clock.now_ms();
+        for event in events {
+            stage(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        if !events.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The relay that publishes this outbox to `broker`.
+    pub fn relay(&self, broker: SharedBroker) -> Relay {
+        Relay {
+            pool: self.pool.clone(),
+            broker,
+            clock: self.clock.clone(),
+            holder: uuid::Uuid::new_v4().to_string(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
 /// Publishes a service's outbox.
 pub struct Relay {
     pool: AnyPool,
@@ -65,23 +121,6 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(pool: AnyPool, broker: SharedBroker, clock: SharedClock) -> Self {
-        Self {
-            pool,
-            broker,
-            clock,
-            holder: uuid::Uuid::new_v4().to_string(),
-            wake: Arc::new(Notify::new()),
-        }
-    }
-
-    /// The store notifies `wake` after committing staged events, so that
-    /// this process relays them at once instead of at its next poll.
-    pub fn woken_by(mut self, wake: Arc<Notify>) -> Self {
-        self.wake = wake;
-        self
-    }
-
     async fn hold_lease(&self) -> Result<bool, sqlx::Error> {
         let now = self.clock.now_ms() as i64;
         let taken = sqlx::query(

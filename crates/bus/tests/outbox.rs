@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bus::broker::DeadLetterReport;
 use bus::memory::MemoryBroker;
-use bus::outbox::{Relay, stage};
+use bus::outbox::{Outbox, stage};
 use bus::{Broker, CloudEvent, SubscribeOptions, TypeFilter};
 use serde_json::json;
 use sqlx::AnyPool;
@@ -76,7 +76,7 @@ async fn relayed_in_order_exactly_once(pool: AnyPool) {
     // Two replicas' relays at once: the lease lets one work at a time.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     for _ in 0..2 {
-        let relay = Relay::new(pool.clone(), broker.clone(), kit::clock::system());
+        let relay = Outbox::new(pool.clone(), kit::clock::system()).relay(broker.clone());
         let mut stopped = stopped.clone();
         tokio::spawn(relay.run(async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -43,6 +43,7 @@ codes! {
     NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource"),
     MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "The method is not allowed on this resource"),
     EmailTaken => (StatusCode::CONFLICT, "email_taken", "An account with this email already exists"),
+    PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed", "The resource changed since you read it (If-Match)"),
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large"),
     UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The request body must be application/json"),
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "The request is well-formed but its values are invalid"),

@@ -118,3 +118,25 @@ pub async fn migrate(pool: &AnyPool, url: &str, migrator: &Migrator) -> Result<(
     };
     migrator.run(pool).await.map_err(sqlx::Error::from)
 }
+
+/// Connects to `url` and migrates it with the set for its backend: what
+/// every service's SQL store does at start.
+pub async fn open_migrated(
+    url: &str,
+    connections_max: u32,
+    sqlite: &Migrator,
+    postgres: &Migrator,
+) -> Result<AnyPool, sqlx::Error> {
+    let migrator = match Backend::of(url) {
+        Some(Backend::Sqlite) => sqlite,
+        Some(Backend::Postgres) => postgres,
+        None => {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL {url:?}").into(),
+            ));
+        }
+    };
+    let pool = connect_any(url, connections_max).await?;
+    migrate(&pool, url, migrator).await?;
+    Ok(pool)
+}

@@ -83,3 +83,21 @@ pub async fn fresh_postgres_database(admin_url: &str) -> String {
         _ => format!("{}/{name}", admin_url.trim_end_matches('/')),
     }
 }
+
+/// Asserts a problem+json answer with `status` and `code`; returns the body.
+pub async fn assert_problem(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        crate::problem::CONTENT_TYPE
+    );
+    let body: serde_json::Value = response.json().await.expect("a JSON problem body");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().is_some_and(|t| t.ends_with(code)));
+    body
+}

@@ -15,13 +15,22 @@ pub struct Role {
     pub openapi: fn() -> String,
 }
 
-pub const ROLES: &[Role] = &[Role {
-    name: identity::ROLE,
-    serve: |config| {
-        Box::pin(async move { identity::serve(&config).await.map_err(|e| e.to_string()) })
+pub const ROLES: &[Role] = &[
+    Role {
+        name: identity::ROLE,
+        serve: |config| {
+            Box::pin(async move { identity::serve(&config).await.map_err(|e| e.to_string()) })
+        },
+        openapi: identity::openapi_json,
     },
-    openapi: identity::openapi_json,
-}];
+    Role {
+        name: users::ROLE,
+        serve: |config| {
+            Box::pin(async move { users::serve(&config).await.map_err(|e| e.to_string()) })
+        },
+        openapi: users::openapi_json,
+    },
+];
 
 pub fn find(name: &str) -> Result<&'static Role, String> {
     ROLES.iter().find(|r| r.name == name).ok_or_else(|| {

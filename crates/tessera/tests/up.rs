@@ -193,6 +193,33 @@ async fn up_serves_survives_kill_9_and_stops_cleanly() {
         .unwrap();
     assert_eq!(register.status(), 201);
 
+    // Identity's event reaches users through the embedded log: a profile
+    // exists within a second.
+    let tokens: Value = login(&http, &base, "ada@example.com")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let users = url_of(&entries, "users", 0);
+    let registered = Instant::now();
+    loop {
+        let me = http
+            .get(format!("{users}/api/v1/users/me"))
+            .bearer_auth(tokens["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if me.status() == 200 {
+            break;
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(1),
+            "no profile within 1 s: {}",
+            me.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     let victim = pid_of(&entries, "identity", 0);
     signal(victim, libc::SIGKILL);
     let killed_at = Instant::now();
@@ -254,7 +281,10 @@ async fn up_serves_survives_kill_9_and_stops_cleanly() {
 async fn replicas_run_side_by_side_and_a_crashing_one_fails_alone() {
     let up = Up::start(&["--replicas", "identity=2"]);
     let entries = up.wait_ready();
-    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        entries.iter().filter(|e| e["role"] == "identity").count(),
+        2
+    );
     let (a, b) = (
         url_of(&entries, "identity", 0),
         url_of(&entries, "identity", 1),

@@ -9,12 +9,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kit::auth::{Authenticated, JwkSet, TokenVerifier};
+use kit::auth::{Authenticated, BearerSecurity, JwkSet, TokenVerifier};
 use kit::http::{ApiJson, PeerAddr};
 use kit::problem::{Code, Problem, ProblemDocument};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::app::{Identity, IdentityError, NewAccount, TokenPair};
 use crate::domain::{Account, DisplayName, Email, Password, Role};
@@ -270,23 +269,6 @@ async fn jwks(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -296,7 +278,7 @@ impl Modify for BearerAuth {
     ),
     paths(register, token, refresh, logout, jwks),
     components(schemas(ProblemDocument, kit::problem::FieldError, kit::auth::Jwk)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerSecurity),
     tags(
         (name = "auth", description = "Registration, login, refresh, logout"),
         (name = "keys", description = "Token verification keys"),

@@ -4,9 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, assert_problem, spawn_app, spawn_app_with, unique_email};
+use common::{PASSWORD, spawn_app, spawn_app_with, unique_email};
 use kit::auth::{JwksClient, TokenVerifier};
 use kit::config::AuthSettings;
+use kit::testing::assert_problem;
 use serde_json::{Value, json};
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{assert_problem, spawn_app_with};
+use common::spawn_app_with;
+use kit::testing::assert_problem;
 
 #[tokio::test]
 async fn register_login_refresh_reuse_logout_on_postgres_and_redis() {

@@ -1,14 +1,10 @@
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use bus::outbox::Relay;
+use bus::outbox::{Outbox, Relay};
 use bus::{CloudEvent, SharedBroker};
 use kit::clock::SharedClock;
-use kit::sql::Backend;
+use sqlx::Row;
 use sqlx::any::AnyRow;
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Row};
-use tokio::sync::Notify;
 
 use super::{AccountStore, StoreError};
 use crate::domain::{Account, AccountId, DisplayName, Email, Role};
@@ -18,10 +14,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Accounts in SQLite or PostgreSQL, through one portable set of queries.
 pub struct SqlAccountStore {
-    pool: AnyPool,
-    clock: SharedClock,
-    /// Wakes this process's outbox relay after a commit with events.
-    relay_wake: Arc<Notify>,
+    outbox: Outbox,
 }
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
@@ -37,27 +30,22 @@ impl SqlAccountStore {
         connections_max: u32,
         clock: SharedClock,
     ) -> Result<Self, StoreError> {
-        let migrator = match Backend::of(url) {
-            Some(Backend::Sqlite) => &SQLITE_MIGRATIONS,
-            Some(Backend::Postgres) => &POSTGRES_MIGRATIONS,
-            None => return Err(backend(format!("unsupported database URL {url:?}"))),
-        };
-        let pool = kit::sql::connect_any(url, connections_max)
-            .await
-            .map_err(backend)?;
-        kit::sql::migrate(&pool, url, migrator)
-            .await
-            .map_err(backend)?;
+        let pool = kit::sql::open_migrated(
+            url,
+            connections_max,
+            &SQLITE_MIGRATIONS,
+            &POSTGRES_MIGRATIONS,
+        )
+        .await
+        .map_err(backend)?;
         Ok(Self {
-            pool,
-            clock,
-            relay_wake: Arc::new(Notify::new()),
+            outbox: Outbox::new(pool, clock),
         })
     }
 
     /// The relay that publishes this store's outbox to `broker`.
     pub fn relay(&self, broker: SharedBroker) -> Relay {
-        Relay::new(self.pool.clone(), broker, self.clock.clone()).woken_by(self.relay_wake.clone())
+        self.outbox.relay(broker)
     }
 
     fn account(row: &AnyRow) -> Result<Account, StoreError> {
@@ -89,7 +77,7 @@ impl SqlAccountStore {
             "SELECT {COLUMNS} FROM accounts WHERE {column} = $1"
         ))
         .bind(value.to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.outbox.pool())
         .await
         .map_err(backend)?;
         row.as_ref().map(Self::account).transpose()
@@ -104,7 +92,7 @@ fn roles_json(roles: &[Role]) -> String {
 #[async_trait]
 impl AccountStore for SqlAccountStore {
     async fn insert(&self, account: &Account, events: &[CloudEvent]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.outbox.pool().begin().await.map_err(backend)?;
         let outcome = sqlx::query(&format!(
             "INSERT INTO accounts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
         ))
@@ -123,15 +111,7 @@ impl AccountStore for SqlAccountStore {
             }
             Err(e) => return Err(backend(e)),
         }
-        let now = self.clock.now_ms();
-        for event in events {
-            bus::outbox::stage(&mut tx, event, now)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        self.relay_wake.notify_one();
-        Ok(())
+        self.outbox.commit(tx, events).await.map_err(backend)
     }
 
     async fn by_email(&self, email: &Email) -> Result<Option<Account>, StoreError> {
@@ -146,7 +126,7 @@ impl AccountStore for SqlAccountStore {
         let done = sqlx::query("UPDATE accounts SET roles = $1 WHERE id = $2")
             .bind(roles_json(roles))
             .bind(id.as_str().to_owned())
-            .execute(&self.pool)
+            .execute(self.outbox.pool())
             .await
             .map_err(backend)?;
         Ok(done.rows_affected() == 1)
@@ -154,7 +134,7 @@ impl AccountStore for SqlAccountStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(self.outbox.pool())
             .await
             .map_err(backend)?;
         Ok(())

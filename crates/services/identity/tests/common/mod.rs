@@ -91,17 +91,3 @@ impl TestApp {
         .await
     }
 }
-
-/// Asserts a problem+json answer with `status` and `code`; returns the body.
-pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().unwrap().ends_with(code));
-    body
-}
