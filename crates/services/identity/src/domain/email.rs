@@ -11,8 +11,12 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let email = raw.trim().to_lowercase();
         let refuse = |why: &str| Err(Invalid(format!("not a valid email address: {why}")));
+        // The limit applies to what was sent (the API contract's maxLength).
+        if raw.chars().count() > EMAIL_LEN_MAX {
+            return refuse("longer than 254 characters");
+        }
+        let email = raw.trim().to_lowercase();
         if email.is_empty() {
             return refuse("empty");
         }

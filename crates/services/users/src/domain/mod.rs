@@ -87,11 +87,9 @@ impl Profile {
         let mut problems = Vec::new();
         let mut next = self.clone();
         if let Some(name) = patch.display_name {
+            let too_long = name.chars().count() > DISPLAY_NAME_CHARS_MAX;
             let name = name.trim();
-            if name.is_empty()
-                || name.chars().count() > DISPLAY_NAME_CHARS_MAX
-                || name.chars().any(char::is_control)
-            {
+            if name.is_empty() || too_long || name.chars().any(char::is_control) {
                 problems.push((
                     "/display_name".into(),
                     format!("1 to {DISPLAY_NAME_CHARS_MAX} characters, no control characters"),
