@@ -39,6 +39,15 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// The database a service uses: `configured` if set, else its embedded
+/// SQLite file at `embedded`.
+pub fn url_or_embedded(configured: &str, embedded: &Path) -> String {
+    match configured {
+        "" => sqlite_url(embedded),
+        url => url.to_owned(),
+    }
+}
+
 /// Opens a pool on a SQLite or PostgreSQL URL. SQLite files are put in WAL
 /// mode so that several processes (replicas of one role) can share them.
 pub async fn connect_any(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {

@@ -100,10 +100,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, Identit
     let (accounts, relay): (Arc<dyn AccountStore>, _) = match settings.database_url.as_str() {
         "memory" => (Arc::new(MemoryAccountStore::new(broker)), None),
         configured => {
-            let url = match configured {
-                "" => kit::sql::sqlite_url(&dir.join("identity.db")),
-                url => url.to_owned(),
-            };
+            let url = kit::sql::url_or_embedded(configured, &dir.join("identity.db"));
             let store =
                 SqlAccountStore::connect(&url, settings.database_connections_max, clock.clone())
                     .await

@@ -81,20 +81,20 @@ fn profile_response(profile: &Profile) -> Response {
     ([(header::ETAG, etag)], Json(view)).into_response()
 }
 
-/// `If-Match`: absent → no condition; `*` → any version; `"N"` → version
-/// N; anything else can never match.
-fn if_match(headers: &HeaderMap) -> Option<Option<u64>> {
-    let value = headers.get(header::IF_MATCH)?.to_str().ok().map(str::trim);
-    Some(match value {
-        Some("*") => None,
-        Some(tag) => Some(
-            tag.strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0),
-        ),
-        None => Some(0),
-    })
+/// The version `If-Match` requires: none when absent or `*`; `"N"` → N;
+/// anything else → 0, which never matches (versions start at 1).
+fn if_match(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::IF_MATCH)?;
+    let tag = value.to_str().map(str::trim).unwrap_or_default();
+    if tag == "*" {
+        return None;
+    }
+    Some(
+        tag.strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// The caller's profile.
@@ -139,7 +139,7 @@ async fn patch_me(
     headers: HeaderMap,
     ApiJson(patch): ApiJson<ProfilePatch>,
 ) -> Result<Response, Problem> {
-    let expected = if_match(&headers).flatten();
+    let expected = if_match(&headers);
     let profile = state.users.update(&caller.subject, expected, patch).await?;
     Ok(profile_response(&profile))
 }

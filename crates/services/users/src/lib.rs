@@ -100,10 +100,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, UsersSt
             (Arc::new(MemoryProfileStore::new(broker.clone())), None)
         }
         configured => {
-            let url = match configured {
-                "" => kit::sql::sqlite_url(&dir.join("users.db")),
-                url => url.to_owned(),
-            };
+            let url = kit::sql::url_or_embedded(configured, &dir.join("users.db"));
             let store =
                 SqlProfileStore::connect(&url, settings.database_connections_max, clock.clone())
                     .await
