@@ -3,8 +3,10 @@
 //!
 //! - **At least once.** A delivery not acked within `ack_wait` (the consumer
 //!   crashed) or nacked comes back, after a backoff that doubles per attempt.
-//! - **Per-subject order within a group.** A later event of a subject is not
+//! - **Per-subject order within a group.** A later event of a subject from
+//!   one producing service (the first part of the event type) is not
 //!   delivered while an earlier one is in flight or waiting to be retried.
+//!   Events of different producers have no order among them.
 //! - **Groups.** Every group sees every matching event; the members of one
 //!   group share them, each event going to one member at a time.
 //! - **Dead letters.** An event that has failed `max_deliveries` times is

@@ -25,7 +25,7 @@ use crate::broker::{
     Backoff, Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, EventStream,
     GroupLag, PollingSubscription, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
-use crate::event::{CloudEvent, EVENT_BYTES_MAX};
+use crate::event::CloudEvent;
 
 /// An idle subscriber looks for work at least this often; other processes'
 /// publishes are only seen by looking.
@@ -445,14 +445,7 @@ impl Broker for EmbeddedBroker {
         let now = self.inner.now();
         let mut tx = self.inner.pool.begin().await.map_err(db)?;
         for event in events {
-            let body = event.to_json();
-            if body.len() > EVENT_BYTES_MAX {
-                return Err(BusError::Invalid(format!(
-                    "event {} is {} bytes; the limit is {EVENT_BYTES_MAX}",
-                    event.id,
-                    body.len()
-                )));
-            }
+            let body = event.to_bounded_json()?;
             sqlx::query(
                 "INSERT INTO events (id, type, subject, body, published_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO NOTHING",

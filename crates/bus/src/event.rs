@@ -60,6 +60,19 @@ impl CloudEvent {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an event always serialises")
     }
+
+    /// The JSON a broker stores, refused beyond [`EVENT_BYTES_MAX`].
+    pub(crate) fn to_bounded_json(&self) -> Result<String, crate::BusError> {
+        let body = self.to_json();
+        if body.len() > EVENT_BYTES_MAX {
+            return Err(crate::BusError::Invalid(format!(
+                "event {} is {} bytes; the limit is {EVENT_BYTES_MAX}",
+                self.id,
+                body.len()
+            )));
+        }
+        Ok(body)
+    }
 }
 
 fn rfc3339(now_ms: u64) -> String {

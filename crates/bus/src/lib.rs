@@ -4,9 +4,10 @@
 //! - [`event`]: the CloudEvents 1.0 envelope every event travels in.
 //! - [`broker`]: the [`Broker`] port: publish, durable consumer groups,
 //!   ack/nack with backoff, dead letters, replay.
-//! - Adapters: [`memory`] (tests, simulation) and [`embedded`] (an
+//! - Adapters: [`memory`] (tests, simulation), [`embedded`] (an
 //!   append-only SQLite log in the data directory, shared by every process
-//!   of one machine: the default of `tessera up`).
+//!   of one machine: the default of `tessera up`) and [`nats`] (NATS
+//!   JetStream, when one machine is not enough).
 //! - [`outbox`]: events written in the same SQL transaction as the state
 //!   change, relayed in order; [`idempotency`]: consumers record what they
 //!   processed in the same transaction as the effect.
@@ -16,6 +17,7 @@ pub mod embedded;
 pub mod event;
 pub mod idempotency;
 pub mod memory;
+pub mod nats;
 pub mod outbox;
 
 pub use broker::{
@@ -34,7 +36,8 @@ use kit::clock::SharedClock;
 pub const EMBEDDED_LOG_PATH: &str = "bus/events.db";
 
 /// Opens the broker `url` names: empty or `embedded` for the embedded log
-/// under `data_dir`, `memory` for an in-process one (tests, simulation).
+/// under `data_dir`, `nats://host:port` for NATS JetStream, `memory` for an
+/// in-process one (tests, simulation).
 pub async fn open(
     url: &str,
     data_dir: &Path,
@@ -52,8 +55,13 @@ pub async fn open(
             tracing::warn!("the event bus is in memory: events are lost when this process stops");
             Ok(Arc::new(memory::MemoryBroker::new(clock, report)))
         }
+        nats if nats.starts_with("nats://") => {
+            let broker =
+                nats::NatsBroker::connect(nats, nats::DEFAULT_NAMESPACE, clock, report).await?;
+            Ok(Arc::new(broker))
+        }
         other => Err(BusError::Invalid(format!(
-            "unsupported bus URL {other:?}: expected empty (embedded), embedded or memory"
+            "unsupported bus URL {other:?}: expected empty (embedded), embedded, nats://host:port or memory"
         ))),
     }
 }
