@@ -104,7 +104,10 @@ pub struct SubscribeOptions {
     pub types: TypeFilter,
     /// After this many failed deliveries the event is dead-lettered.
     pub max_deliveries: u32,
-    /// A delivery not settled within this long is delivered again.
+    /// A delivery not settled within this long is delivered again. 10 s
+    /// by default: handlers are short transactions, and a delivery lost
+    /// with a crashed member (or, on NATS, with a server restart) holds its
+    /// subject back this long.
     pub ack_wait: Duration,
     pub backoff: Backoff,
     /// At most this many deliveries are handed to one member at a time.
@@ -117,7 +120,7 @@ impl SubscribeOptions {
             group: group.into(),
             types,
             max_deliveries: 5,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(10),
             backoff: Backoff {
                 first: Duration::from_millis(500),
                 max: Duration::from_secs(60),

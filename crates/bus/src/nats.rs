@@ -15,8 +15,12 @@
 //!   (`max_ack_pending = 1`): JetStream has no per-subject ordering across
 //!   the members of a pull consumer, and a nacked event must not be
 //!   overtaken by a later one of its subject. The price is one delivery in
-//!   flight per group and service; the benchmark in `benches/events.rs`
-//!   shows what that costs.
+//!   flight per group and service (the benchmark in `benches/events.rs`
+//!   shows what that costs), and a delivery lost in flight (its member
+//!   killed, the server restarted) holds the whole group, not only its
+//!   subject, until `ack_wait`. Acks and nacks wait for the server's
+//!   confirmation and are retried across a reconnect, so that a lost ack
+//!   does not do the same.
 //! - Retries are negative acks with the group's backoff as the delay. The
 //!   delivery limit is kept by this adapter, not by the server's
 //!   `MaxDeliver` (left unlimited): the server would stop delivering in
@@ -55,12 +59,34 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 /// Wait before re-creating a consumer whose message stream broke.
 const RECREATE_DELAY: Duration = Duration::from_millis(500);
+/// Tries to settle a delivery and hear the server confirm it: an ack lost
+/// in a reconnect would otherwise hold the group's one delivery in flight
+/// until `ack_wait`.
+const SETTLE_ATTEMPTS: u32 = 5;
+const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Deliveries a member buffers per subscription (each consumer has at most
 /// one unacked, so this only bounds the merge of several streams).
 const MEMBER_BUFFER: usize = 16;
 
 fn unavailable(error: impl std::fmt::Display) -> BusError {
     BusError::unavailable(error)
+}
+
+/// Settles `message` as `kind`, confirmed by the server, retrying across a
+/// reconnect.
+async fn settle(message: &jetstream::Message, kind: jetstream::AckKind) -> Result<(), BusError> {
+    let mut attempt = 1;
+    loop {
+        match message.double_ack_with(kind).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= SETTLE_ATTEMPTS => return Err(unavailable(error)),
+            Err(error) => {
+                tracing::debug!(%error, attempt, "settling a NATS delivery failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(SETTLE_RETRY_DELAY).await;
+            }
+        }
+    }
 }
 
 /// The server-side names of one namespace.
@@ -318,7 +344,7 @@ impl Inner {
         self.publish_one(self.names.dead_letter_subject(group), body, Some(&id))
             .await?;
         self.report.report(group, &record.event, attempts, reason);
-        message.ack().await.map_err(unavailable)
+        settle(message, jetstream::AckKind::Ack).await
     }
 
     fn consumer_config(
@@ -505,15 +531,12 @@ impl Subscription for NatsSubscription {
                 Ok(event) => event,
                 Err(error) => {
                     tracing::error!(group = %self.options.group, stream = info.stream, seq = info.stream_sequence, %error, "not a CloudEvent; terminated");
-                    message
-                        .ack_with(jetstream::AckKind::Term)
-                        .await
-                        .map_err(unavailable)?;
+                    settle(&message, jetstream::AckKind::Term).await?;
                     continue;
                 }
             };
             if !self.options.types.matches(&event.event_type) {
-                message.ack().await.map_err(unavailable)?;
+                settle(&message, jetstream::AckKind::Ack).await?;
                 continue;
             }
             if attempt > self.options.max_deliveries {
@@ -548,7 +571,7 @@ struct NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        self.message.ack().await.map_err(unavailable)
+        settle(&self.message, jetstream::AckKind::Ack).await
     }
 
     async fn nack(self: Box<Self>, reason: &str) -> Result<(), BusError> {
@@ -559,10 +582,7 @@ impl Settle for NatsSettle {
                 .await;
         }
         let delay = self.options.backoff.after(self.attempt);
-        self.message
-            .ack_with(jetstream::AckKind::Nak(Some(delay)))
-            .await
-            .map_err(unavailable)
+        settle(&self.message, jetstream::AckKind::Nak(Some(delay))).await
     }
 }
 

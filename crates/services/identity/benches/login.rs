@@ -63,13 +63,9 @@ async fn logins_per_s(seconds: u64, clients: u64) -> f64 {
     .unwrap();
     let clock = kit::clock::system();
     let mut opened = identity::open(&config, clock.clone()).await.unwrap();
-    opened.start_relay();
-    let server = TestServer::start(identity::router(
-        opened.identity,
-        &config.common().unwrap(),
-        clock,
-    ))
-    .await;
+    opened.start_background();
+    let server =
+        TestServer::start(identity::router(&opened, &config.common().unwrap(), clock)).await;
     let http = reqwest::Client::new();
     let registered = http
         .post(server.url("/api/v1/auth/register"))

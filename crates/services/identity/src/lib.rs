@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use bus::broker::DeadLetterReport;
 use bus::outbox::Relay;
+use bus::{SharedBroker, SubscribeOptions, TypeFilter};
 use kit::auth::TokenVerifier;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
@@ -65,18 +66,35 @@ fn settings(config: &Config) -> Result<(Common, IdentitySettings), IdentityStart
     Ok((config.common()?, config.section(ROLE)?))
 }
 
-/// The application, and the outbox relay to start where it serves.
+/// The application with what must run beside it: the outbox relay and the
+/// consumer of users' erasures.
 pub struct Opened {
     pub identity: Arc<Identity>,
+    broker: SharedBroker,
     relay: Option<Relay>,
+    max_deliveries: u32,
+    metrics: Metrics,
 }
 
 impl Opened {
-    /// Publishes committed events from now until the process exits.
-    pub fn start_relay(&mut self) {
+    /// Starts the outbox relay and the account-deleting consumer; they run
+    /// until the process exits.
+    pub fn start_background(&mut self) {
         if let Some(relay) = self.relay.take() {
             tokio::spawn(relay.run(std::future::pending()));
         }
+        let identity = self.identity.clone();
+        let options = SubscribeOptions {
+            max_deliveries: self.max_deliveries,
+            ..SubscribeOptions::new(
+                events::ERASURES_GROUP,
+                TypeFilter::parse(&[events::USERS_USER_ERASED]).expect("a valid constant"),
+            )
+        };
+        tokio::spawn(bus::consume(self.broker.clone(), options, move |event| {
+            let identity = identity.clone();
+            async move { identity.on_erased(&event).await }
+        }));
     }
 }
 
@@ -89,23 +107,21 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, Identit
         tracing::warn!("identity runs on in-memory stores: everything is lost when it stops");
     }
     let store_error = |e: store::StoreError| IdentityStartError::Store(e.to_string());
-    let broker = bus::open(
-        &common.bus_url,
-        &common.data_dir,
-        clock.clone(),
-        DeadLetterReport::default(),
-    )
-    .await
-    .map_err(|e| IdentityStartError::Store(e.to_string()))?;
+    let metrics = Metrics::new(ROLE);
+    let report = DeadLetterReport::default();
+    report.register(&metrics);
+    let broker = bus::open(&common.bus_url, &common.data_dir, clock.clone(), report)
+        .await
+        .map_err(|e| IdentityStartError::Store(e.to_string()))?;
     let (accounts, relay): (Arc<dyn AccountStore>, _) = match settings.database_url.as_str() {
-        "memory" => (Arc::new(MemoryAccountStore::new(broker)), None),
+        "memory" => (Arc::new(MemoryAccountStore::new(broker.clone())), None),
         configured => {
             let url = kit::sql::url_or_embedded(configured, &dir.join("identity.db"));
             let store =
                 SqlAccountStore::connect(&url, settings.database_connections_max, clock.clone())
                     .await
                     .map_err(store_error)?;
-            let relay = store.relay(broker);
+            let relay = store.relay(broker.clone());
             (Arc::new(store), Some(relay))
         }
     };
@@ -122,6 +138,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, Identit
         settings.password_hash_queue_max,
     )
     .map_err(|e| IdentityStartError::Store(e.to_string()))?;
+    let max_deliveries = settings.consumer_max_deliveries;
     Ok(Opened {
         identity: Arc::new(Identity::new(
             accounts,
@@ -132,12 +149,16 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Opened, Identit
             settings,
             common.auth,
         )),
+        broker,
         relay,
+        max_deliveries,
+        metrics,
     })
 }
 
 /// The whole HTTP surface: API plus the kit's health, readiness and metrics.
-pub fn router(identity: Arc<Identity>, common: &Common, clock: SharedClock) -> Router {
+pub fn router(opened: &Opened, common: &Common, clock: SharedClock) -> Router {
+    let identity = opened.identity.clone();
     let verifier = Arc::new(TokenVerifier::new(
         identity.keyring().clone(),
         &common.auth,
@@ -149,7 +170,7 @@ pub fn router(identity: Arc<Identity>, common: &Common, clock: SharedClock) -> R
         async move { identity.ready().await }
     });
     let api = api::router(api::ApiState { identity, verifier });
-    kit::http::service_router(api, &common.http, Metrics::new(ROLE), readiness)
+    kit::http::service_router(api, &common.http, opened.metrics.clone(), readiness)
 }
 
 /// Runs the identity role until SIGTERM or Ctrl-C.
@@ -157,9 +178,8 @@ pub async fn serve(config: &Config) -> Result<(), IdentityStartError> {
     let (common, settings) = settings(config)?;
     let clock = kit::clock::system();
     let mut opened = open(config, clock.clone()).await?;
-    opened.start_relay();
-    let identity = opened.identity;
-    let keyring = identity.keyring().clone();
+    opened.start_background();
+    let keyring = opened.identity.keyring().clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(KEY_RELOAD_INTERVAL);
         loop {
@@ -171,7 +191,7 @@ pub async fn serve(config: &Config) -> Result<(), IdentityStartError> {
     tracing::info!(addr = %listener.local_addr()?, "identity listening");
     kit::http::serve(
         listener,
-        router(identity, &common, clock),
+        router(&opened, &common, clock),
         kit::http::shutdown_signal(),
         Duration::from_millis(common.http.shutdown_grace_ms),
     )

@@ -25,6 +25,8 @@ pub struct IdentitySettings {
     pub password_hash_concurrency: usize,
     /// Password hashes that may wait for a thread before 503.
     pub password_hash_queue_max: usize,
+    /// Deliveries of one consumed event before it is dead-lettered.
+    pub consumer_max_deliveries: u32,
 }
 
 impl Default for IdentitySettings {
@@ -41,6 +43,7 @@ impl Default for IdentitySettings {
             login_failure_window_s: 60,
             password_hash_concurrency: 0,
             password_hash_queue_max: 64,
+            consumer_max_deliveries: 5,
         }
     }
 }

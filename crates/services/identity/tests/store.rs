@@ -52,6 +52,29 @@ async fn conformance(store: &dyn AccountStore) {
             .await
             .unwrap()
     );
+
+    let grace = account("grace@example.com");
+    store.insert(&grace, &[]).await.unwrap();
+    assert!(store.delete_once(&grace.id, "g", "e1", &[]).await.unwrap());
+    assert!(store.by_id(&grace.id).await.unwrap().is_none());
+    assert!(
+        !store.delete_once(&ada.id, "g", "e1", &[]).await.unwrap(),
+        "an event already processed by the group changes nothing"
+    );
+    assert!(store.by_id(&ada.id).await.unwrap().is_some());
+    assert!(
+        !store.delete_once(&grace.id, "g", "e2", &[]).await.unwrap(),
+        "nothing left to delete"
+    );
+    let alan = account("alan@example.com");
+    store.insert(&alan, &[]).await.unwrap();
+    assert!(
+        store
+            .delete_once(&alan.id, "other", "e1", &[])
+            .await
+            .unwrap(),
+        "event ids are remembered per group"
+    );
 }
 
 #[tokio::test]

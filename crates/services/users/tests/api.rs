@@ -29,9 +29,9 @@ async fn spawn_system() -> System {
     let mut identity = identity::open(&identity_config, clock.clone())
         .await
         .unwrap();
-    identity.start_relay();
+    identity.start_background();
     let identity = TestServer::start(identity::router(
-        identity.identity,
+        &identity,
         &identity_config.common().unwrap(),
         clock.clone(),
     ))

@@ -122,6 +122,30 @@ impl AccountStore for SqlAccountStore {
         self.one("id", id.as_str()).await
     }
 
+    async fn delete_once(
+        &self,
+        id: &AccountId,
+        group: &str,
+        event_id: &str,
+        events: &[CloudEvent],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.outbox.pool().begin().await.map_err(backend)?;
+        let first = bus::idempotency::first_time(&mut tx, group, event_id, self.outbox.now_ms())
+            .await
+            .map_err(backend)?;
+        let deleted = first
+            && sqlx::query("DELETE FROM accounts WHERE id = $1")
+                .bind(id.as_str().to_owned())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected()
+                == 1;
+        let staged: &[CloudEvent] = if deleted { events } else { &[] };
+        self.outbox.commit(tx, staged).await.map_err(backend)?;
+        Ok(deleted)
+    }
+
     async fn set_roles(&self, id: &AccountId, roles: &[Role]) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE accounts SET roles = $1 WHERE id = $2")
             .bind(roles_json(roles))

@@ -30,8 +30,8 @@ pub async fn spawn_app_with(extra_toml: &str) -> TestApp {
     let config = Config::from_toml(&toml).unwrap();
     let clock = kit::clock::system();
     let mut opened = identity::open(&config, clock.clone()).await.unwrap();
-    opened.start_relay();
-    let router = identity::router(opened.identity, &config.common().unwrap(), clock);
+    opened.start_background();
+    let router = identity::router(&opened, &config.common().unwrap(), clock);
     TestApp {
         server: TestServer::start(router).await,
         http: reqwest::Client::new(),
