@@ -1,6 +1,8 @@
 //! The transactional outbox and idempotent consumers, on SQLite and (when
 //! `TESSERA_TEST_POSTGRES_URL` names a server) PostgreSQL.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,23 +12,7 @@ use bus::outbox::{Outbox, stage};
 use bus::{Broker, CloudEvent, SubscribeOptions, TypeFilter};
 use serde_json::json;
 use sqlx::AnyPool;
-
-const SQLITE_DDL: &[&str] = &[
-    "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, created_at_ms BIGINT NOT NULL)",
-    "CREATE TABLE outbox_lease (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)",
-    "INSERT INTO outbox_lease (id, holder, until_ms) VALUES (1, '', 0)",
-    "CREATE TABLE processed_events (grp TEXT NOT NULL, event_id TEXT NOT NULL, processed_at_ms BIGINT NOT NULL, PRIMARY KEY (grp, event_id))",
-    "CREATE TABLE notes (id TEXT PRIMARY KEY)",
-];
-
-async fn sqlite_pool(dir: &tempfile::TempDir) -> AnyPool {
-    let url = kit::sql::sqlite_url(&dir.path().join("service.db"));
-    let pool = kit::sql::connect_any(&url, 4).await.unwrap();
-    for ddl in SQLITE_DDL {
-        sqlx::query(ddl).execute(&pool).await.unwrap();
-    }
-    pool
-}
+use support::{SQLITE_DDL, sqlite_pool};
 
 async fn postgres_pool() -> Option<AnyPool> {
     let admin = kit::testing::backend_url("TESSERA_TEST_POSTGRES_URL")?;
@@ -138,13 +124,13 @@ async fn redelivery_changes_nothing(pool: AnyPool) {
 #[tokio::test]
 async fn sqlite_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    relayed_in_order_exactly_once(sqlite_pool(&dir).await).await;
+    relayed_in_order_exactly_once(sqlite_pool(dir.path()).await).await;
 }
 
 #[tokio::test]
 async fn sqlite_idempotency() {
     let dir = tempfile::tempdir().unwrap();
-    redelivery_changes_nothing(sqlite_pool(&dir).await).await;
+    redelivery_changes_nothing(sqlite_pool(dir.path()).await).await;
 }
 
 #[tokio::test]
