@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
@@ -221,9 +222,10 @@ async fn enforce_timeout(timeout: Duration, req: Request, next: Next) -> Respons
     }
 }
 
-/// A JSON request body whose rejections are problem+json: 413 over the body
-/// limit, 415 without `Content-Type: application/json`, 400 for bad syntax,
-/// 422 for the wrong shape.
+/// A JSON object request body whose rejections are problem+json: 413 over
+/// the body limit, 415 without `Content-Type: application/json`, 400 for bad
+/// syntax, 422 for the wrong shape. Only an object is accepted: serde would
+/// otherwise read a struct from an array, field by position.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -234,24 +236,88 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(Problem::new(Code::UnsupportedMediaType));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Problem::new(Code::PayloadTooLarge),
+                _ => Problem::new(Code::MalformedRequest).detail(rejection.body_text()),
+            }
+        })?;
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{')
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+        {
+            return Err(
+                Problem::new(Code::ValidationFailed).detail("the body must be a JSON object")
+            );
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_problem(rejection)),
         }
     }
 }
 
+/// Field deserializers that read a struct only from a JSON object: serde
+/// reads one from an array too, field by position, which no client means.
+/// [`ApiJson`] checks the body itself; nested structs use these, as
+/// `#[serde(default, deserialize_with = "kit::http::objects::optional")]`.
+pub mod objects {
+    use serde::de::{DeserializeOwned, Error};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::{Map, Value};
+
+    fn from_map<T: DeserializeOwned, E: Error>(map: Map<String, Value>) -> Result<T, E> {
+        T::deserialize(Value::Object(map)).map_err(E::custom)
+    }
+
+    /// `null` or absent → `None`; an object → `Some`; anything else fails.
+    pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        Option::<Map<String, Value>>::deserialize(deserializer)?
+            .map(from_map)
+            .transpose()
+    }
+
+    /// `null` or absent → `None`; an array of objects → `Some`.
+    pub fn optional_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        Option::<Vec<Map<String, Value>>>::deserialize(deserializer)?
+            .map(|items| items.into_iter().map(from_map).collect())
+            .transpose()
+    }
+}
+
+/// `application/json` or any `+json` type, parameters aside.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::new(Code::UnsupportedMediaType),
         JsonRejection::JsonDataError(e) => {
             Problem::new(Code::ValidationFailed).detail(e.body_text())
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            Problem::new(Code::MalformedRequest).detail(e.body_text())
-        }
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(Code::PayloadTooLarge)
         }
         other => Problem::new(Code::MalformedRequest).detail(other.body_text()),
     }

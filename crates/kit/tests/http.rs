@@ -1,4 +1,5 @@
-//! The kit's HTTP conventions through a real server: timeout, panic, drain.
+//! The kit's HTTP conventions through a real server: JSON bodies, timeout,
+//! panic, drain.
 
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ async fn serve(settings: HttpSettings, readiness: Readiness) -> TestServer {
             }),
         )
         .route(
+            "/echo",
+            axum::routing::post(
+                |kit::http::ApiJson(body): kit::http::ApiJson<Echo>| async move { body.name },
+            ),
+        )
+        .route(
             "/panic",
             get(|| async {
                 if true {
@@ -36,6 +43,11 @@ async fn serve(settings: HttpSettings, readiness: Readiness) -> TestServer {
     .await
 }
 
+#[derive(serde::Deserialize)]
+struct Echo {
+    name: String,
+}
+
 async fn problem_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     assert_eq!(
@@ -44,6 +56,50 @@ async fn problem_code(response: reqwest::Response) -> (u16, String) {
     );
     let body: serde_json::Value = response.json().await.unwrap();
     (status, body["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn json_bodies_are_objects_or_a_precise_problem() {
+    let server = serve(HttpSettings::default(), Readiness::default()).await;
+    let http = reqwest::Client::new();
+    let post = |content_type: &'static str, body: &'static str| {
+        http.post(server.url("/echo"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let ok = post("application/json; charset=utf-8", r#" {"name":"ada"}"#)
+        .await
+        .unwrap();
+    assert_eq!(ok.text().await.unwrap(), "ada");
+    let vendor = post("application/vnd.api+json", r#"{"name":"bo"}"#)
+        .await
+        .unwrap();
+    assert_eq!(vendor.status(), 200);
+    for (content_type, body, expected) in [
+        // serde reads a struct from an array by position: refused.
+        ("application/json", r#"["ada"]"#, (422, "validation_failed")),
+        ("application/json", "[]", (422, "validation_failed")),
+        ("application/json", "7", (422, "validation_failed")),
+        ("application/json", "{}", (422, "validation_failed")),
+        ("application/json", "", (400, "malformed_request")),
+        ("application/json", "[", (400, "malformed_request")),
+        ("application/json", "nope", (400, "malformed_request")),
+        (
+            "text/plain",
+            r#"{"name":"ada"}"#,
+            (415, "unsupported_media_type"),
+        ),
+        (
+            "application/jsonx",
+            r#"{"name":"ada"}"#,
+            (415, "unsupported_media_type"),
+        ),
+    ] {
+        let response = post(content_type, body).await.unwrap();
+        let (status, code) = problem_code(response).await;
+        assert_eq!((status, code.as_str()), expected, "{content_type} {body:?}");
+    }
 }
 
 #[tokio::test]

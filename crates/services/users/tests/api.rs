@@ -277,6 +277,79 @@ async fn bad_requests_are_problems() {
     assert_problem(wrong_method, 405, "method_not_allowed").await;
 }
 
+/// Every endpoint, every kind of bad input: a problem with the right
+/// status, and the profile as it was.
+#[tokio::test]
+async fn every_endpoint_refuses_bad_input_with_a_problem() {
+    let system = spawn_system().await;
+    let (id, token) = system.member().await;
+    let endpoints = [
+        (reqwest::Method::GET, "/api/v1/users/me".to_owned()),
+        (reqwest::Method::PATCH, "/api/v1/users/me".to_owned()),
+        (reqwest::Method::DELETE, "/api/v1/users/me".to_owned()),
+        (reqwest::Method::GET, format!("/api/v1/users/{id}")),
+    ];
+    for (method, path) in &endpoints {
+        let url = system.users.url(path);
+        let anonymous = system.http.request(method.clone(), &url).send().await;
+        assert_problem(anonymous.unwrap(), 401, "invalid_token").await;
+        let forged = system
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(format!("{token}x"))
+            .send()
+            .await;
+        assert_problem(forged.unwrap(), 401, "invalid_token").await;
+    }
+
+    for (body, field) in [
+        (json!({"display_name": ""}), "/display_name"),
+        (json!({"display_name": "x".repeat(101)}), "/display_name"),
+        (
+            json!({"addresses": [{"line1": "1 Main St", "city": "Oslo", "postal_code": "0150", "country": "norway"}]}),
+            "/addresses/0/country",
+        ),
+        (
+            json!({"preferences": {"language": "not a tag"}}),
+            "/preferences/language",
+        ),
+        (json!({"display_name": 7}), ""),
+        (json!([]), ""),
+        // serde would read these structs from arrays, field by position.
+        (json!(["Bo"]), ""),
+        (json!({"preferences": []}), ""),
+        (
+            json!({"addresses": [["Home", "1 Main St", null, "Oslo", "0150", "NO"]]}),
+            "",
+        ),
+    ] {
+        let response = system.patch(&token, None, body.clone()).await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        if !field.is_empty() {
+            assert!(
+                problem["errors"]
+                    .as_array()
+                    .is_some_and(|errors| errors.iter().any(|e| e["pointer"] == field)),
+                "{body}: {problem}"
+            );
+        }
+    }
+    let invalid_and_stale = system
+        .patch(&token, Some("\"999\""), json!({"display_name": ""}))
+        .await;
+    assert_problem(invalid_and_stale, 422, "validation_failed").await;
+    for tag in ["W/\"1\"", "1", "\"x\"", "\"999\"", ""] {
+        let response = system
+            .patch(&token, Some(tag), json!({"display_name": "Bo"}))
+            .await;
+        assert_problem(response, 412, "precondition_failed").await;
+    }
+    let me = system.me(&token).await;
+    assert_eq!(me.headers()["etag"], "\"1\"", "nothing changed");
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["display_name"], "Ada");
+}
+
 #[tokio::test]
 async fn only_admins_read_other_profiles() {
     let system = spawn_system().await;

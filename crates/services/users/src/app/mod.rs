@@ -59,6 +59,8 @@ impl Users {
     }
 
     /// Applies `patch` if the profile is still at `if_match` (when given).
+    /// An invalid patch is refused (422) before the version is compared
+    /// (412): what is wrong with the request comes first.
     pub async fn update(
         &self,
         id: &str,
@@ -66,11 +68,11 @@ impl Users {
         patch: ProfilePatch,
     ) -> Result<Profile, UsersError> {
         let current = self.get(id).await?;
+        let now = self.clock.now_ms();
+        let next = current.patched(patch, now).map_err(UsersError::Invalid)?;
         if if_match.is_some_and(|v| v != current.version) {
             return Err(UsersError::PreconditionFailed);
         }
-        let now = self.clock.now_ms();
-        let next = current.patched(patch, now).map_err(UsersError::Invalid)?;
         let updated = self
             .store
             .update(&next, current.version, &[events::user_updated(&next, now)])

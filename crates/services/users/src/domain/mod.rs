@@ -43,9 +43,9 @@ pub struct Preferences {
 pub struct ProfilePatch {
     #[serde(default)]
     pub display_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "kit::http::objects::optional_list")]
     pub addresses: Option<Vec<Address>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "kit::http::objects::optional")]
     pub preferences: Option<Preferences>,
 }
 
