@@ -76,57 +76,67 @@ pub fn service_router(
     metrics: Metrics,
     readiness: Readiness,
 ) -> Router {
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
     let metrics_for_endpoint = metrics.clone();
-    api.route(
-        "/healthz",
-        get(|| async { Json(serde_json::json!({"status": "alive"})) }),
-    )
-    .route(
-        "/readyz",
-        get(move || {
-            let readiness = readiness.clone();
-            async move {
-                let (ok, checks) = readiness.report().await;
-                if ok {
-                    Json(serde_json::json!({"status": "ready", "checks": checks})).into_response()
-                } else {
-                    let failing: Vec<_> = checks
-                        .iter()
-                        .filter(|(_, v)| *v != "ok")
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect();
-                    Problem::new(Code::Unavailable)
-                        .detail(failing.join("; "))
-                        .into_response()
+    let api = api
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "alive"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    let (ok, checks) = readiness.report().await;
+                    if ok {
+                        Json(serde_json::json!({"status": "ready", "checks": checks}))
+                            .into_response()
+                    } else {
+                        let failing: Vec<_> = checks
+                            .iter()
+                            .filter(|(_, v)| *v != "ok")
+                            .map(|(k, v)| format!("{k}: {v}"))
+                            .collect();
+                        Problem::new(Code::Unavailable)
+                            .detail(failing.join("; "))
+                            .into_response()
+                    }
                 }
-            }
-        }),
-    )
-    .route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics_for_endpoint.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    )
-    .fallback(|| async { Problem::new(Code::NotFound) })
-    .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
-    .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-    .layer(middleware::from_fn(move |req, next| {
-        enforce_timeout(timeout, req, next)
-    }))
-    .layer(middleware::from_fn(move |req, next| {
-        observe(metrics.clone(), req, next)
-    }))
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics_for_endpoint.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .fallback(|| async { Problem::new(Code::NotFound) })
+        .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
+    observed(api, settings, metrics)
+}
+
+/// `router` inside the request timeout and the observation layer (trace
+/// context, request id, access log, metrics, panics), without any endpoint
+/// of the kit's own: for a router that must not serve `/metrics`.
+pub fn observed(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    router
+        .layer(middleware::from_fn(move |req, next| {
+            enforce_timeout(timeout, req, next)
+        }))
+        .layer(middleware::from_fn(move |req, next| {
+            observe(metrics.clone(), req, next)
+        }))
 }
 
 /// Outermost layer: trace context, request id, access log, metrics, panics.

@@ -52,6 +52,8 @@ codes! {
     Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable; retry later"),
     Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "The service is saturated; retry later"),
     Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "The request took too long"),
+    BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "The upstream service could not be reached or answered badly"),
+    UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "The upstream service did not answer in time"),
 }
 
 /// One invalid field of a request (`pointer` is a JSON Pointer, RFC 6901).

@@ -1,0 +1,111 @@
+//! The API gateway: the one host clients see. Routes declared in TOML and
+//! compiled once ([`routes`]), a path check no input escapes ([`path`]),
+//! instances chosen by power of two choices ([`upstream`]), and the proxy
+//! itself, one phase at a time ([`proxy`]).
+
+pub mod path;
+pub mod proxy;
+pub mod routes;
+pub mod settings;
+pub mod upstream;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kit::auth::{JwksClient, TokenVerifier};
+use kit::clock::SharedClock;
+use kit::config::{Common, Config};
+use kit::http::Readiness;
+use kit::telemetry::Metrics;
+
+use crate::proxy::Gateway;
+use crate::routes::RouteTable;
+use crate::settings::GatewaySettings;
+use crate::upstream::{Instance, Service};
+
+pub const ROLE: &str = "gateway";
+
+/// Idle upstream connections kept per instance.
+pub const UPSTREAM_IDLE_PER_INSTANCE: usize = 64;
+/// An idle upstream connection is closed after this long.
+pub const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    #[error(transparent)]
+    Config(#[from] kit::config::ConfigError),
+    #[error(transparent)]
+    Routes(#[from] routes::RouteError),
+    #[error("service {service:?}: {problem}")]
+    Service { service: String, problem: String },
+}
+
+/// The gateway's shared state, from the configuration.
+pub fn open(config: &Config, clock: SharedClock) -> Result<Arc<Gateway>, GatewayStartError> {
+    let common = config.common()?;
+    let settings: GatewaySettings = config.section(ROLE)?;
+    build(&settings, &common, clock)
+}
+
+fn build(
+    settings: &GatewaySettings,
+    common: &Common,
+    clock: SharedClock,
+) -> Result<Arc<Gateway>, GatewayStartError> {
+    let names: BTreeSet<String> = settings.services.keys().cloned().collect();
+    let table = RouteTable::compile(&settings.routes, &names)?;
+    let mut services = std::collections::BTreeMap::new();
+    for (name, service) in &settings.services {
+        let mut instances = Vec::new();
+        for url in &service.urls {
+            let uri: http::Uri = url.parse().map_err(|_| GatewayStartError::Service {
+                service: name.clone(),
+                problem: format!("{url:?} is not a URL"),
+            })?;
+            if uri.scheme_str() != Some("http") || uri.path() != "/" {
+                return Err(GatewayStartError::Service {
+                    service: name.clone(),
+                    problem: format!("{url:?} must be http://host:port with no path"),
+                });
+            }
+            instances.push(Arc::new(Instance::new(url)));
+        }
+        services.insert(
+            name.clone(),
+            Service {
+                name: name.clone(),
+                instances,
+            },
+        );
+    }
+    let verifier = Arc::new(TokenVerifier::new(
+        Arc::new(JwksClient::new(&common.auth)),
+        &common.auth,
+        clock,
+    ));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_INSTANCE)
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .build_http();
+    Ok(Arc::new(Gateway {
+        table,
+        services,
+        verifier,
+        client,
+    }))
+}
+
+/// The public port: every request goes to the proxy; no metrics, health
+/// or admin path is served here.
+pub fn public_router(gateway: Arc<Gateway>, common: &Common, metrics: Metrics) -> Router {
+    let proxy = Router::new().fallback(proxy::handle).with_state(gateway);
+    kit::http::observed(proxy, &common.http, metrics)
+}
+
+/// The admin port: `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router(common: &Common, metrics: Metrics) -> Router {
+    kit::http::service_router(Router::new(), &common.http, metrics, Readiness::default())
+}

@@ -1,0 +1,252 @@
+//! The request path through the gateway, one named phase at a time:
+//! check the path → route → authenticate → pick an instance → forward →
+//! answer. Every refusal is a problem+json; every upstream failure says
+//! which it was (502 unreachable, 504 too slow, 503 nothing to send to).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use kit::auth::{Principal, TokenVerifier};
+use kit::http::PeerAddr;
+use kit::problem::{Code, Problem};
+
+use crate::path;
+use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
+use crate::upstream::Service;
+
+/// Headers a client may not send: only the gateway says who the caller is.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
+/// The verified caller's account id and roles, for the upstream.
+pub const USER_HEADER: &str = "x-tessera-user";
+pub const ROLES_HEADER: &str = "x-tessera-roles";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
+/// forwarded; also those the `Connection` header names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// What the proxy needs, shared by every request.
+pub struct Gateway {
+    pub table: RouteTable,
+    pub services: std::collections::BTreeMap<String, Service>,
+    pub verifier: Arc<TokenVerifier>,
+    pub client: Client<HttpConnector, Body>,
+}
+
+/// The one handler of the public port.
+pub async fn handle(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    request: Request,
+) -> Response {
+    match forward(&gateway, peer.0, request).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn forward(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request,
+) -> Result<Response, Problem> {
+    let route = route(gateway, &request)?;
+    let caller = authenticate(gateway, route, request.headers()).await?;
+    let service = gateway
+        .services
+        .get(&route.service)
+        .ok_or_else(|| Problem::new(Code::Unavailable))?;
+    let in_flight = service.pick().ok_or_else(|| {
+        Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
+    })?;
+    let upstream = upstream_request(request, &in_flight.instance().base, peer, caller)?;
+    let answer = tokio::time::timeout(route.timeout, gateway.client.request(upstream)).await;
+    let mut response = match answer {
+        Err(_) => {
+            return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
+                "{} did not answer within {} ms",
+                route.service,
+                route.timeout.as_millis()
+            )));
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
+            return Err(Problem::new(Code::BadGateway)
+                .detail(format!("{} could not be reached", route.service)));
+        }
+        Ok(Ok(response)) => response.map(Body::new),
+    };
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
+}
+
+/// Phase 1 and 2: a clean path, then the route that takes the request.
+fn route<'a>(gateway: &'a Gateway, request: &Request) -> Result<&'a Route, Problem> {
+    let path = request.uri().path();
+    path::check(path).map_err(|e| Problem::new(Code::MalformedRequest).detail(e.to_string()))?;
+    if path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/")) {
+        return Err(Problem::new(Code::NotFound));
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h, |(name, _)| name)
+                .to_ascii_lowercase()
+        });
+    match gateway
+        .table
+        .find(request.method(), path, host.as_deref(), request.headers())
+    {
+        Matched::Route(route) => Ok(route),
+        Matched::MethodNotAllowed(allowed) => {
+            let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            Err(Problem::new(Code::MethodNotAllowed)
+                .detail(format!("allowed: {}", allow.join(", "))))
+        }
+        Matched::NotFound => Err(Problem::new(Code::NotFound)),
+    }
+}
+
+/// Phase 3: the caller, as the route's policy asks.
+async fn authenticate(
+    gateway: &Gateway,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, Problem> {
+    if route.auth == AuthPolicy::None {
+        return Ok(None);
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = match token {
+        Some(token) => Some(
+            gateway
+                .verifier
+                .verify(token)
+                .await
+                .map_err(|e| Problem::new(Code::InvalidToken).detail(e.to_string()))?,
+        ),
+        None if route.auth == AuthPolicy::Required => {
+            return Err(Problem::new(Code::InvalidToken).detail("a bearer token is required"));
+        }
+        None => None,
+    };
+    if !route.roles.is_empty()
+        && !caller
+            .as_ref()
+            .is_some_and(|c| route.roles.iter().any(|r| c.has_role(r)))
+    {
+        return Err(Problem::new(Code::Forbidden).detail(format!(
+            "one of these roles is needed: {}",
+            route.roles.join(", ")
+        )));
+    }
+    Ok(caller)
+}
+
+/// Phase 4: the request as the upstream sees it.
+fn upstream_request(
+    request: Request,
+    base: &str,
+    peer: SocketAddr,
+    caller: Option<Principal>,
+) -> Result<Request, Problem> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = format!("{base}{path_and_query}")
+        .parse()
+        .map_err(|_| Problem::new(Code::MalformedRequest).detail("unusable request target"))?;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    if let Some(caller) = caller {
+        if let Ok(user) = HeaderValue::from_str(&caller.subject) {
+            headers.insert(USER_HEADER, user);
+        }
+        if let Ok(roles) = HeaderValue::from_str(&caller.roles.join(",")) {
+            headers.insert(ROLES_HEADER, roles);
+        }
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(trace) = kit::telemetry::current_trace()
+        && let Ok(traceparent) = HeaderValue::from_str(&trace.traceparent())
+    {
+        headers.insert("traceparent", traceparent);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Removes hop-by-hop headers and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+}

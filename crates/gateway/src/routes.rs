@@ -1,0 +1,381 @@
+//! Declared routes, compiled once into an immutable table.
+//!
+//! A route matches a path (exact, a template such as `/api/v1/users/{id}`,
+//! or a prefix such as `/api/v1/users/`), optionally methods, a host and
+//! header values, and names the service that answers it with its policy.
+//! Routes are tried in declaration order among those whose path matches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthPolicy {
+    /// A valid access token is needed (401 otherwise).
+    #[default]
+    Required,
+    /// A token is verified when present (401 if invalid), not needed.
+    Optional,
+    /// No token is looked at.
+    None,
+}
+
+/// A route as written in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Names the route in metrics, logs and errors.
+    pub name: String,
+    /// An exact path or a template with `{param}` segments.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A prefix ending in `/`: the route takes every path under it.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Methods the route takes; empty means all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The `Host` the route takes (without port); absent means any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Header values the request must carry, exactly.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The upstream service.
+    pub service: String,
+    #[serde(default)]
+    pub auth: AuthPolicy,
+    /// Roles of which the caller must have one; empty means any caller the
+    /// auth policy lets through.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The whole upstream exchange must finish within this long (504).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    15_000
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// The path as declared, for metrics labels.
+    pub pattern: String,
+    methods: BTreeSet<Method>,
+    host: Option<String>,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub service: String,
+    pub auth: AuthPolicy,
+    pub roles: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl Route {
+    fn takes(&self, method: &Method, host: Option<&str>, headers: &HeaderMap) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self.host.as_deref().is_none_or(|h| host == Some(h))
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+}
+
+/// A configuration the gateway refuses, naming the route and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route {route:?}: {problem}")]
+pub struct RouteError {
+    pub route: String,
+    pub problem: String,
+}
+
+/// Paths no route may take: internal endpoints stay internal.
+pub const RESERVED_PREFIX: &str = "/internal";
+
+/// What the table says about a request.
+#[derive(Debug)]
+pub enum Matched<'a> {
+    Route(&'a Route),
+    /// The path is routed, but not for this method: these are allowed.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+/// Every route, compiled; immutable once built.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Path pattern → indices of the routes declared on it, in order.
+    paths: matchit::Router<Vec<usize>>,
+}
+
+impl RouteTable {
+    /// Compiles `configs`, refusing (with the route and the reason) a bad
+    /// path, method, header or timeout, a reserved path, two routes on one
+    /// name, and paths the matcher cannot tell apart.
+    pub fn compile(
+        configs: &[RouteConfig],
+        services: &BTreeSet<String>,
+    ) -> Result<Self, RouteError> {
+        let mut routes = Vec::with_capacity(configs.len());
+        let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut names = BTreeSet::new();
+        for config in configs {
+            let error = |problem: String| RouteError {
+                route: config.name.clone(),
+                problem,
+            };
+            if config.name.is_empty() || !names.insert(config.name.clone()) {
+                return Err(error("the name is empty or used by another route".into()));
+            }
+            let (pattern, matcher) = match (&config.path, &config.prefix) {
+                (Some(path), None) => (path.clone(), path.clone()),
+                (None, Some(prefix)) if prefix.starts_with('/') && prefix.ends_with('/') => {
+                    (format!("{prefix}*"), format!("{prefix}{{*rest}}"))
+                }
+                (None, Some(_)) => return Err(error("a prefix starts and ends with /".into())),
+                _ => return Err(error("give exactly one of path and prefix".into())),
+            };
+            let literal = matcher.split('{').next().unwrap_or("");
+            if !matcher.starts_with('/') || crate::path::check(literal).is_err() {
+                return Err(error(format!("{pattern:?} is not a clean absolute path")));
+            }
+            if literal.starts_with(RESERVED_PREFIX) {
+                return Err(error(format!(
+                    "{pattern:?} is under {RESERVED_PREFIX}, which is never routable"
+                )));
+            }
+            if !services.contains(&config.service) {
+                return Err(error(format!("no service named {:?}", config.service)));
+            }
+            if config.timeout_ms == 0 {
+                return Err(error("timeout_ms must be > 0".into()));
+            }
+            if config.auth == AuthPolicy::None && !config.roles.is_empty() {
+                return Err(error("roles need auth = \"required\"".into()));
+            }
+            let methods = config
+                .methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| error(format!("{m:?} is not a method")))
+                })
+                .collect::<Result<BTreeSet<_>, _>>()?;
+            let headers = config
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| error(format!("{name:?} is not a header name")))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|_| error(format!("{value:?} is not a header value")))?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, RouteError>>()?;
+            if !by_pattern.contains_key(&matcher) {
+                order.push(matcher.clone());
+            }
+            by_pattern.entry(matcher).or_default().push(routes.len());
+            routes.push(Route {
+                name: config.name.clone(),
+                pattern,
+                methods,
+                host: config.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                headers,
+                service: config.service.clone(),
+                auth: config.auth,
+                roles: config.roles.clone(),
+                timeout: Duration::from_millis(config.timeout_ms),
+            });
+        }
+        let mut paths = matchit::Router::new();
+        for matcher in order {
+            let indices = by_pattern.remove(&matcher).unwrap_or_default();
+            let first = routes[indices[0]].name.clone();
+            paths.insert(&matcher, indices).map_err(|e| RouteError {
+                route: first,
+                problem: format!("path {matcher:?}: {e}"),
+            })?;
+        }
+        Ok(Self { routes, paths })
+    }
+
+    /// The route for a request whose path already passed [`crate::path::check`].
+    pub fn find(
+        &self,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Matched<'_> {
+        let Ok(found) = self.paths.at(path) else {
+            return Matched::NotFound;
+        };
+        let candidates = found.value.iter().map(|&i| &self.routes[i]);
+        if let Some(route) = candidates.clone().find(|r| r.takes(method, host, headers)) {
+            return Matched::Route(route);
+        }
+        let allowed: BTreeSet<Method> = candidates
+            .filter(|r| !r.allows(method))
+            .flat_map(|r| r.methods.iter().cloned())
+            .collect();
+        if allowed.is_empty() {
+            Matched::NotFound
+        } else {
+            Matched::MethodNotAllowed(allowed.into_iter().collect())
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, path: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            path: Some(path.into()),
+            prefix: None,
+            methods: vec![],
+            host: None,
+            headers: BTreeMap::new(),
+            service: "users".into(),
+            auth: AuthPolicy::Required,
+            roles: vec![],
+            timeout_ms: 1000,
+        }
+    }
+
+    fn services() -> BTreeSet<String> {
+        ["users".to_string(), "identity".to_string()].into()
+    }
+
+    fn compile(configs: &[RouteConfig]) -> Result<RouteTable, RouteError> {
+        RouteTable::compile(configs, &services())
+    }
+
+    fn name(matched: Matched<'_>) -> String {
+        match matched {
+            Matched::Route(r) => r.name.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn matches_templates_prefixes_methods_hosts_and_headers() {
+        let table = compile(&[
+            RouteConfig {
+                methods: vec!["get".into()],
+                ..route("me", "/api/v1/users/me")
+            },
+            RouteConfig {
+                methods: vec!["GET".into()],
+                ..route("one", "/api/v1/users/{id}")
+            },
+            RouteConfig {
+                host: Some("Admin.Example".into()),
+                headers: [("x-beta".to_string(), "1".to_string())].into(),
+                ..route("beta", "/api/v1/users/{id}")
+            },
+            RouteConfig {
+                path: None,
+                prefix: Some("/api/v1/auth/".into()),
+                service: "identity".into(),
+                ..route("auth", "")
+            },
+        ])
+        .unwrap();
+        let none = HeaderMap::new();
+        let get = |path: &str| name(table.find(&Method::GET, path, None, &none));
+        assert_eq!(get("/api/v1/users/me"), "me");
+        assert_eq!(get("/api/v1/users/42"), "one");
+        assert_eq!(get("/api/v1/auth/token"), "auth");
+        assert_eq!(get("/api/v1/auth/a/b"), "auth");
+        assert_eq!(get("/api/v1/users"), "NotFound");
+        assert_eq!(get("/api/v1/orders"), "NotFound");
+        let beta: HeaderMap = [(
+            http::HeaderName::from_static("x-beta"),
+            http::HeaderValue::from_static("1"),
+        )]
+        .into_iter()
+        .collect();
+        let patch = |host| name(table.find(&Method::PATCH, "/api/v1/users/7", host, &beta));
+        assert_eq!(patch(Some("admin.example")), "beta");
+        assert_eq!(
+            name(table.find(&Method::PATCH, "/api/v1/users/me", None, &none)),
+            "MethodNotAllowed([GET])"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_routes_with_a_precise_message() {
+        let cases = [
+            (route("x", "/internal/keys"), "is under /internal"),
+            (route("x", "/api/../internal"), "not a clean absolute path"),
+            (route("x", "api"), "not a clean absolute path"),
+            (
+                RouteConfig {
+                    service: "nope".into(),
+                    ..route("x", "/a")
+                },
+                "no service named \"nope\"",
+            ),
+            (
+                RouteConfig {
+                    methods: vec!["GE T".into()],
+                    ..route("x", "/a")
+                },
+                "\"GE T\" is not a method",
+            ),
+            (
+                RouteConfig {
+                    timeout_ms: 0,
+                    ..route("x", "/a")
+                },
+                "timeout_ms must be > 0",
+            ),
+            (
+                RouteConfig {
+                    path: None,
+                    prefix: Some("/api".into()),
+                    ..route("x", "")
+                },
+                "a prefix starts and ends with /",
+            ),
+            (
+                RouteConfig {
+                    auth: AuthPolicy::None,
+                    roles: vec!["admin".into()],
+                    ..route("x", "/a")
+                },
+                "roles need auth",
+            ),
+        ];
+        for (config, expected) in cases {
+            let error = compile(&[config]).unwrap_err();
+            assert_eq!(error.route, "x");
+            assert!(error.problem.contains(expected), "{error}");
+        }
+        let twins = compile(&[route("x", "/a"), route("x", "/b")]).unwrap_err();
+        assert!(twins.problem.contains("used by another route"), "{twins}");
+        let clash = compile(&[route("a", "/u/{id}"), route("b", "/u/{name}")]).unwrap_err();
+        assert_eq!(clash.route, "b");
+    }
+}

@@ -1,0 +1,60 @@
+//! The `[gateway]` section of the configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::routes::RouteConfig;
+
+/// The routes the gateway ships with: every public route of the system.
+pub const DEFAULT_ROUTES: &str = include_str!("../routes.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// The public port.
+    pub listen: SocketAddr,
+    /// The admin port (metrics, health): loopback by default.
+    pub admin_listen: SocketAddr,
+    /// Replaces the shipped routes when given.
+    pub routes: Vec<RouteConfig>,
+    /// Where each service's instances listen.
+    pub services: BTreeMap<String, ServiceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// `http://host:port` of each instance.
+    pub urls: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Shipped {
+    routes: Vec<RouteConfig>,
+}
+
+/// The shipped routes, parsed.
+pub fn default_routes() -> Vec<RouteConfig> {
+    let shipped: Shipped = toml::from_str(DEFAULT_ROUTES).expect("the shipped routes parse");
+    shipped.routes
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        let local = |port: u16| ServiceSettings {
+            urls: vec![format!("http://127.0.0.1:{port}")],
+        };
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            routes: default_routes(),
+            services: [
+                ("identity".to_string(), local(8081)),
+                ("users".to_string(), local(8082)),
+            ]
+            .into(),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The gateway through real HTTP: upstream servers that echo what they
+//! received, answer slowly or are gone; tokens signed like identity's.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::get;
+use ed25519_dalek::SigningKey;
+use kit::auth::{AccessClaims, Jwk, JwkSet};
+use kit::config::Config;
+use kit::testing::{TestServer, assert_problem};
+use serde_json::{Value, json};
+
+const KEY: [u8; 32] = [7; 32];
+
+/// An upstream that answers every request with what it received.
+fn echo(name: &'static str) -> Router {
+    let echo = move |request: Request| async move {
+        let headers: serde_json::Map<String, Value> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        axum::Json(json!({
+            "upstream": name,
+            "method": request.method().as_str(),
+            "uri": request.uri().to_string(),
+            "headers": headers,
+        }))
+    };
+    let jwks = JwkSet {
+        keys: vec![Jwk::ed25519(
+            "k1",
+            &SigningKey::from_bytes(&KEY).verifying_key(),
+        )],
+    };
+    Router::new()
+        .route(
+            "/.well-known/jwks.json",
+            get(move || async move { axum::Json(jwks.clone()) }),
+        )
+        .route(
+            "/api/v1/users/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "late"
+            }),
+        )
+        .fallback(echo)
+}
+
+fn token(roles: &[&str]) -> String {
+    let now = kit::clock::system().now_s();
+    let settings = kit::config::AuthSettings::default();
+    kit::auth::sign(
+        &SigningKey::from_bytes(&KEY),
+        "k1",
+        &AccessClaims {
+            iss: settings.issuer,
+            aud: settings.audience,
+            sub: "01a210d3-f91f-76db-ba7d-f3c58371376b".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            exp: now + 300,
+            iat: now,
+            nbf: now,
+            jti: "t1".into(),
+            sid: "s1".into(),
+        },
+    )
+}
+
+struct Setup {
+    gateway: TestServer,
+    _upstreams: Vec<TestServer>,
+    http: reqwest::Client,
+}
+
+/// Identity and users as echo servers (users twice), a dead `orders`, and
+/// the gateway in front with the shipped routes plus test ones.
+async fn setup() -> Setup {
+    let identity = TestServer::start(echo("identity")).await;
+    let users = [
+        TestServer::start(echo("users-a")).await,
+        TestServer::start(echo("users-b")).await,
+    ];
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let toml = format!(
+        r#"
+[log]
+filter = "warn"
+[auth]
+jwks_url = "{jwks}"
+[gateway.services.identity]
+urls = ["{identity}"]
+[gateway.services.users]
+urls = ["{a}", "{b}"]
+[gateway.services.orders]
+urls = ["{dead_url}"]
+[[gateway.routes]]
+name = "auth"
+prefix = "/api/v1/auth/"
+methods = ["POST"]
+service = "identity"
+auth = "none"
+[[gateway.routes]]
+name = "slow"
+path = "/api/v1/users/slow"
+service = "users"
+auth = "none"
+timeout_ms = 200
+[[gateway.routes]]
+name = "users-me"
+path = "/api/v1/users/me"
+methods = ["GET", "PATCH"]
+service = "users"
+[[gateway.routes]]
+name = "admin-only"
+path = "/api/v1/users/{{id}}"
+methods = ["GET"]
+service = "users"
+roles = ["admin"]
+[[gateway.routes]]
+name = "orders"
+prefix = "/api/v1/orders/"
+service = "orders"
+auth = "optional"
+"#,
+        jwks = identity.url("/.well-known/jwks.json"),
+        identity = identity.url(""),
+        a = users[0].url(""),
+        b = users[1].url(""),
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let gateway = gateway::open(&config, kit::clock::system()).unwrap();
+    let router = gateway::public_router(
+        gateway,
+        &config.common().unwrap(),
+        kit::telemetry::Metrics::new("gateway"),
+    );
+    let [a, b] = users;
+    Setup {
+        gateway: TestServer::start(router).await,
+        _upstreams: vec![identity, a, b],
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Setup {
+    /// What the upstream received for a GET with `token`.
+    async fn echoed(&self, path: &str, token: &str) -> Value {
+        self.get(path, Some(token)).await.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(self.gateway.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
+    let setup = setup().await;
+    let response = setup
+        .http
+        .post(setup.gateway.url("/api/v1/auth/token?x=1"))
+        .header("x-tessera-user", "someone-else")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["upstream"], "identity");
+    assert_eq!(echoed["uri"], "/api/v1/auth/token?x=1");
+    let headers = &echoed["headers"];
+    assert!(
+        headers.get("x-tessera-user").is_none(),
+        "spoofed identity stripped"
+    );
+    assert!(headers.get("x-drop-me").is_none(), "named by Connection");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert!(headers["traceparent"].as_str().unwrap().starts_with("00-"));
+
+    let me = setup.echoed("/api/v1/users/me", &token(&["user"])).await;
+    assert!(me["upstream"].as_str().unwrap().starts_with("users-"));
+    assert_eq!(
+        me["headers"]["x-tessera-user"],
+        "01a210d3-f91f-76db-ba7d-f3c58371376b"
+    );
+    assert_eq!(me["headers"]["x-tessera-roles"], "user");
+
+    // Both instances of users take requests.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let me = setup.echoed("/api/v1/users/me", &token(&["user"])).await;
+        seen.insert(me["upstream"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[tokio::test]
+async fn refusals_are_problems_with_the_right_status() {
+    let setup = setup().await;
+    let user = token(&["user"]);
+    assert_problem(
+        setup.get("/api/v1/users/me", None).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        setup.get("/api/v1/users/me", Some("x.y.z")).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        setup.get("/api/v1/users/42", Some(&user)).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let admin = token(&["admin"]);
+    assert_eq!(
+        setup.get("/api/v1/users/42", Some(&admin)).await.status(),
+        200
+    );
+    assert_problem(setup.get("/api/v1/nowhere", None).await, 404, "not_found").await;
+    assert_problem(setup.get("/internal/keys", None).await, 404, "not_found").await;
+    let delete = setup
+        .http
+        .delete(setup.gateway.url("/api/v1/users/me"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(delete, 405, "method_not_allowed").await;
+    assert_eq!(problem["detail"], "allowed: GET, PATCH");
+    for bad in [
+        "/api/v1/users/../../internal/keys",
+        "/api/v1/users/%2e%2e/%2e%2e/internal",
+        "/api/v1/users//me",
+        "/api/v1/users/a%2fb",
+        "/api/v1/users/%00",
+        "/api/v1/users/%ff",
+    ] {
+        // reqwest would normalise the path: send it as written.
+        let response = raw_get(&setup, bad).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{bad}: {response}");
+        assert!(response.contains("malformed_request"), "{bad}: {response}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_failures_say_which_they_are() {
+    let setup = setup().await;
+    let slow = setup.get("/api/v1/users/slow", None).await;
+    let problem = assert_problem(slow, 504, "upstream_timeout").await;
+    assert_eq!(problem["detail"], "users did not answer within 200 ms");
+    assert_problem(
+        setup.get("/api/v1/orders/1", None).await,
+        502,
+        "bad_gateway",
+    )
+    .await;
+}
+
+/// One GET with the path exactly as given; the raw response.
+async fn raw_get(setup: &Setup, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(setup.gateway.addr)
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[test]
+fn the_shipped_routes_compile_against_the_shipped_services() {
+    let settings = gateway::settings::GatewaySettings::default();
+    let config = Config::from_toml("").unwrap();
+    assert!(!settings.routes.is_empty());
+    gateway::open(&config, kit::clock::system()).unwrap();
+}
