@@ -37,6 +37,8 @@ pub const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from
 pub enum GatewayStartError {
     #[error(transparent)]
     Config(#[from] kit::config::ConfigError),
+    #[error("listener: {0}")]
+    Listen(#[from] std::io::Error),
     #[error(transparent)]
     Routes(#[from] routes::RouteError),
     #[error("service {service:?}: {problem}")]
@@ -108,4 +110,38 @@ pub fn public_router(gateway: Arc<Gateway>, common: &Common, metrics: Metrics) -
 /// The admin port: `/metrics`, `/healthz`, `/readyz`.
 pub fn admin_router(common: &Common, metrics: Metrics) -> Router {
     kit::http::service_router(Router::new(), &common.http, metrics, Readiness::default())
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C: the public port and, beside
+/// it, the admin port; both drain in-flight requests on the way out.
+pub async fn serve(config: &Config) -> Result<(), GatewayStartError> {
+    let common = config.common()?;
+    let settings: GatewaySettings = config.section(ROLE)?;
+    let gateway = build(&settings, &common, kit::clock::system())?;
+    let metrics = Metrics::new(ROLE);
+    let public = kit::listen::inherited_or_bind(settings.listen).await?;
+    let admin = kit::listen::admin_inherited_or_bind(settings.admin_listen).await?;
+    tracing::info!(
+        addr = %public.local_addr()?,
+        admin = %admin.local_addr()?,
+        routes = gateway.table.routes().len(),
+        "gateway listening"
+    );
+    let grace = std::time::Duration::from_millis(common.http.shutdown_grace_ms);
+    let public = kit::http::serve(
+        public,
+        public_router(gateway, &common, metrics.clone()),
+        kit::http::shutdown_signal(),
+        grace,
+    );
+    let admin = kit::http::serve(
+        admin,
+        admin_router(&common, metrics),
+        kit::http::shutdown_signal(),
+        grace,
+    );
+    let (public, admin) = tokio::join!(public, admin);
+    public?;
+    admin?;
+    Ok(())
 }

@@ -13,15 +13,27 @@ use tokio::net::TcpListener;
 
 /// Names the inherited listening socket's file descriptor.
 pub const LISTEN_FD_ENV: &str = "TESSERA_LISTEN_FD";
+/// Names the inherited admin socket's descriptor, for a role with an admin
+/// port of its own (the gateway).
+pub const ADMIN_LISTEN_FD_ENV: &str = "TESSERA_ADMIN_LISTEN_FD";
 
 /// The inherited listener if there is one, else a fresh one on `addr`.
 pub async fn inherited_or_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    match std::env::var(LISTEN_FD_ENV) {
+    inherited_or_bind_from(LISTEN_FD_ENV, addr).await
+}
+
+/// The inherited admin listener if there is one, else a fresh one on `addr`.
+pub async fn admin_inherited_or_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    inherited_or_bind_from(ADMIN_LISTEN_FD_ENV, addr).await
+}
+
+async fn inherited_or_bind_from(var: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match std::env::var(var) {
         Ok(fd) => {
             let fd: i32 = fd.parse().map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("{LISTEN_FD_ENV}={fd} is not a file descriptor"),
+                    format!("{var}={fd} is not a file descriptor"),
                 )
             })?;
             from_fd(fd)

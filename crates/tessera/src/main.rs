@@ -137,7 +137,11 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime()?.block_on(events::run(command, &config))
         }
         Command::Openapi { role } => {
-            let document = (roles::find(&role)?.openapi)();
+            let role = roles::find(&role)?;
+            let openapi = role.openapi.ok_or_else(|| {
+                format!("{} has no API of its own: it serves the others'", role.name)
+            })?;
+            let document = openapi();
             let mut stdout = std::io::stdout().lock();
             match writeln!(stdout, "{document}") {
                 // A reader that stops early (`| head`) is not an error.

@@ -1,5 +1,6 @@
 //! Every role the binary can play. Adding a service = one entry here, one
-//! checked-in OpenAPI document, one crate.
+//! checked-in OpenAPI document, one crate, its routes in the gateway's
+//! `routes.toml`.
 
 use std::pin::Pin;
 
@@ -11,24 +12,37 @@ pub struct Role {
     pub name: &'static str,
     /// Runs the role in this process until SIGTERM.
     pub serve: fn(Config) -> Serving,
-    /// Its OpenAPI 3.1 document.
-    pub openapi: fn() -> String,
+    /// Its OpenAPI 3.1 document; the gateway serves the others' APIs.
+    pub openapi: Option<fn() -> String>,
+    /// The front door: listens on `up --port` itself, one replica, with an
+    /// admin port of its own; the services listen on the ports after it.
+    pub front_door: bool,
 }
 
 pub const ROLES: &[Role] = &[
+    Role {
+        name: gateway::ROLE,
+        serve: |config| {
+            Box::pin(async move { gateway::serve(&config).await.map_err(|e| e.to_string()) })
+        },
+        openapi: None,
+        front_door: true,
+    },
     Role {
         name: identity::ROLE,
         serve: |config| {
             Box::pin(async move { identity::serve(&config).await.map_err(|e| e.to_string()) })
         },
-        openapi: identity::openapi_json,
+        openapi: Some(identity::openapi_json),
+        front_door: false,
     },
     Role {
         name: users::ROLE,
         serve: |config| {
             Box::pin(async move { users::serve(&config).await.map_err(|e| e.to_string()) })
         },
-        openapi: users::openapi_json,
+        openapi: Some(users::openapi_json),
+        front_door: false,
     },
 ];
 

@@ -46,7 +46,10 @@ fn every_subcommand_has_help() {
 fn unknown_role_is_a_clear_error() {
     let output = tessera(&["openapi", "nosuch"]);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("roles are: identity"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("roles are: gateway, identity"));
+    let output = tessera(&["openapi", "gateway"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no API of its own"));
 }
 
 /// Set `TESSERA_UPDATE_OPENAPI=1` to rewrite the checked-in documents after

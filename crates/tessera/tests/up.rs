@@ -65,9 +65,10 @@ async fn up_serves_survives_kill_9_and_stops_cleanly() {
     signal(victim, libc::SIGKILL);
     let killed_at = Instant::now();
     let entries = up.wait_for(Duration::from_secs(5), |e| {
-        e[0]["state"] == "ready" && e[0]["pid"] != victim
+        let identity = entry_of(e, "identity", 0);
+        identity["state"] == "ready" && identity["pid"] != victim
     });
-    assert_eq!(entries[0]["restarts"], 1);
+    assert_eq!(entry_of(&entries, "identity", 0)["restarts"], 1);
     assert_eq!(
         url_of(&entries, "identity", 0),
         base,
@@ -116,6 +117,70 @@ async fn up_serves_survives_kill_9_and_stops_cleanly() {
         assert!(!alive(pid), "child {pid} outlived up");
     }
     assert!(!up.manifest_path().exists(), "up.json removed on exit");
+}
+
+/// The whole public API on one port, through the gateway; its metrics only
+/// on its admin port; a killed gateway back on the same port.
+#[tokio::test]
+async fn the_gateway_serves_the_public_api_on_the_port() {
+    let up = Up::start(&[]);
+    let entries = up.wait_ready();
+    let gateway = url_of(&entries, "gateway", 0);
+    let admin = entry_of(&entries, "gateway", 0)["admin_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let http = client();
+    let register = http
+        .post(format!("{gateway}/api/v1/auth/register"))
+        .json(&json!({"email": "cy@example.com", "password": PASSWORD, "display_name": "Cy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 201);
+    let tokens: Value = login(&http, &gateway, "cy@example.com")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let me = http
+            .get(format!("{gateway}/api/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if me.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no profile through the gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let public_metrics = http.get(format!("{gateway}/metrics")).send().await.unwrap();
+    assert_eq!(
+        public_metrics.status(),
+        404,
+        "no metrics on the public port"
+    );
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("tessera_http_requests")
+    );
+
+    let victim = pid_of(&entries, "gateway", 0);
+    signal(victim, libc::SIGKILL);
+    let entries = up.wait_for(Duration::from_secs(10), |e| {
+        let gateway = entry_of(e, "gateway", 0);
+        gateway["state"] == "ready" && gateway["pid"] != victim
+    });
+    assert_eq!(url_of(&entries, "gateway", 0), gateway, "same port");
+    assert_eq!(login(&http, &gateway, "cy@example.com").await.status(), 200);
 }
 
 #[tokio::test]

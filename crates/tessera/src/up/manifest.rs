@@ -26,6 +26,9 @@ pub struct Entry {
     /// Zero while no process runs.
     pub pid: u32,
     pub url: String,
+    /// The admin port's URL, for a role that has one (the gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
     pub state: State,
     pub restarts: u32,
 }

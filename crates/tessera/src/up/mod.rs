@@ -26,8 +26,9 @@ pub struct UpArgs {
     /// or `data_dir` from the configuration].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The public port. Until the gateway arrives, services listen on the
-    /// ports after it (identity on PORT+1); 0 picks free ports.
+    /// The public port, where the gateway listens; services listen on the
+    /// ports after it (identity on PORT+1), the gateway's admin port is
+    /// PORT+1000; 0 picks free ports.
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// TOML configuration file; `TESSERA_...` variables override it.
@@ -38,13 +39,23 @@ pub struct UpArgs {
     replicas: Vec<String>,
 }
 
+/// The gateway's admin port is this far above `--port`.
+pub const ADMIN_PORT_OFFSET: u16 = 1000;
+
 fn replica_counts(specs: &[String]) -> Result<BTreeMap<&'static str, u32>, String> {
     let mut counts: BTreeMap<&'static str, u32> = ROLES.iter().map(|r| (r.name, 1)).collect();
     for spec in specs {
         let (role, n) = spec
             .split_once('=')
             .ok_or_else(|| format!("--replicas {spec:?}: expected ROLE=N"))?;
-        let role = crate::roles::find(role)?.name;
+        let role = crate::roles::find(role)?;
+        if role.front_door && n != "1" {
+            return Err(format!(
+                "--replicas {spec:?}: {} runs once, on --port",
+                role.name
+            ));
+        }
+        let role = role.name;
         let n: u32 = n
             .parse()
             .ok()
@@ -82,22 +93,28 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
 
     let mut instances = Vec::new();
     let mut slot = 0u16;
+    let above = |offset: u16| match args.port {
+        0 => Ok(0),
+        port => port
+            .checked_add(offset)
+            .ok_or_else(|| format!("--port {port} leaves no room for services")),
+    };
     for role in ROLES {
         for replica in 0..counts[role.name] {
-            slot += 1;
-            let port = if args.port == 0 {
-                0
+            let (listener, url, admin) = if role.front_door {
+                let (listener, url) = bind(args.port)?;
+                (listener, url, Some(bind(above(ADMIN_PORT_OFFSET)?)?))
             } else {
-                args.port
-                    .checked_add(slot)
-                    .ok_or_else(|| format!("--port {} leaves no room for services", args.port))?
+                slot += 1;
+                let (listener, url) = bind(above(slot)?)?;
+                (listener, url, None)
             };
-            let (listener, url) = bind(port)?;
             instances.push(Instance {
                 role: role.name,
                 replica,
                 url,
                 listener,
+                admin,
             });
         }
     }
@@ -113,13 +130,15 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         }
         None => None,
     };
+    let mut env = vec![
+        ("TESSERA_DATA_DIR".into(), data_dir.display().to_string()),
+        ("TESSERA_AUTH__JWKS_URL".into(), jwks_url),
+    ];
+    env.extend(upstreams_for_the_gateway(&instances));
     let launch = Arc::new(Launch {
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
         config: config_file,
-        env: vec![
-            ("TESSERA_DATA_DIR".into(), data_dir.display().to_string()),
-            ("TESSERA_AUTH__JWKS_URL".into(), jwks_url),
-        ],
+        env,
     });
     let manifest = Arc::new(Manifest::new(
         &data_dir,
@@ -130,6 +149,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
                 replica: i.replica,
                 pid: 0,
                 url: i.url.clone(),
+                admin_url: i.admin.as_ref().map(|(_, url)| url.clone()),
                 state: State::Starting,
                 restarts: 0,
             })
@@ -181,6 +201,25 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Each service's instances, as the gateway's configuration:
+/// `TESSERA_GATEWAY__SERVICES__<ROLE>__URLS=["http://…", …]`.
+fn upstreams_for_the_gateway(instances: &[Instance]) -> Vec<(String, String)> {
+    let mut urls: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for instance in instances.iter().filter(|i| i.admin.is_none()) {
+        urls.entry(instance.role)
+            .or_default()
+            .push(format!("{:?}", instance.url));
+    }
+    urls.into_iter()
+        .map(|(role, urls)| {
+            (
+                format!("TESSERA_GATEWAY__SERVICES__{}__URLS", role.to_uppercase()),
+                format!("[{}]", urls.join(", ")),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +230,7 @@ mod tests {
         assert_eq!(counts["identity"], 3);
         for bad in [
             "identity",
+            "gateway=2",
             "identity=0",
             "identity=17",
             "nosuch=1",

@@ -27,8 +27,13 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often a starting child's `/readyz` is asked.
 pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Children find their listening socket at this descriptor.
+/// Children find their listening socket at this descriptor...
 const LISTEN_FD: RawFd = 3;
+/// ... and an admin socket, when their role has one, at this one.
+const ADMIN_LISTEN_FD: RawFd = 4;
+/// Inherited sockets are first copied at or above this descriptor, so that
+/// placing one at 3 or 4 never overwrites the other.
+const SCRATCH_FD_MIN: RawFd = 10;
 
 /// What every child is launched with.
 pub struct Launch {
@@ -43,6 +48,9 @@ pub struct Instance {
     pub replica: u32,
     pub url: String,
     pub listener: std::net::TcpListener,
+    /// The admin socket and its URL, for a role that has one; its
+    /// `/readyz` is then the one asked.
+    pub admin: Option<(std::net::TcpListener, String)>,
 }
 
 impl Instance {
@@ -56,6 +64,12 @@ impl Instance {
         if let Some(config) = &launch.config {
             command.arg("--config").arg(config);
         }
+        if self.admin.is_some() {
+            command.env(
+                kit::listen::ADMIN_LISTEN_FD_ENV,
+                ADMIN_LISTEN_FD.to_string(),
+            );
+        }
         command
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .env(kit::listen::LISTEN_FD_ENV, LISTEN_FD.to_string())
@@ -64,17 +78,28 @@ impl Instance {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let fd = self.listener.as_raw_fd();
+        let mut sockets = vec![(self.listener.as_raw_fd(), LISTEN_FD)];
+        if let Some((admin, _)) = &self.admin {
+            sockets.push((admin.as_raw_fd(), ADMIN_LISTEN_FD));
+        }
         let parent = std::process::id();
         // SAFETY: only async-signal-safe calls (fcntl, dup2, setpgid, prctl,
-        // getppid) run between fork and exec.
+        // getppid) run between fork and exec; `sockets` was built before.
         unsafe {
             command.pre_exec(move || {
-                if fd == LISTEN_FD {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, LISTEN_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // Copy each socket out of the way, then into its place
+                // (dup2 leaves the placed copy open across exec).
+                let mut scratch = [0 as RawFd; 2];
+                for (i, (fd, _)) in sockets.iter().enumerate() {
+                    scratch[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, SCRATCH_FD_MIN);
+                    if scratch[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, (_, target)) in sockets.iter().enumerate() {
+                    if libc::dup2(scratch[i], *target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 // Own process group: a terminal's Ctrl-C reaches `up` only,
                 // which then stops children in order.
@@ -128,9 +153,13 @@ pub async fn supervise(
             e.restarts = restarts;
         });
         tracing::info!(child = %name, pid, url = %instance.url, "started");
+        let health_url = instance
+            .admin
+            .as_ref()
+            .map_or(&instance.url, |(_, url)| url);
         let readiness = tokio::spawn(await_ready(
             http.clone(),
-            format!("{}/readyz", instance.url),
+            format!("{health_url}/readyz"),
             manifest.clone(),
             instance.role,
             instance.replica,

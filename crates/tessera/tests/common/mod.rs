@@ -119,20 +119,22 @@ pub fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-pub fn url_of(entries: &[Value], role: &str, replica: u64) -> String {
+pub fn entry_of<'a>(entries: &'a [Value], role: &str, replica: u64) -> &'a Value {
     entries
         .iter()
         .find(|e| e["role"] == role && e["replica"] == replica)
-        .map(|e| e["url"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no {role}.{replica} in {entries:?}"))
+}
+
+pub fn url_of(entries: &[Value], role: &str, replica: u64) -> String {
+    entry_of(entries, role, replica)["url"]
+        .as_str()
         .unwrap()
+        .to_owned()
 }
 
 pub fn pid_of(entries: &[Value], role: &str, replica: u64) -> u32 {
-    entries
-        .iter()
-        .find(|e| e["role"] == role && e["replica"] == replica)
-        .map(|e| e["pid"].as_u64().unwrap() as u32)
-        .unwrap()
+    entry_of(entries, role, replica)["pid"].as_u64().unwrap() as u32
 }
 
 pub async fn login(http: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
