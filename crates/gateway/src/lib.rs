@@ -5,6 +5,7 @@
 
 pub mod path;
 pub mod proxy;
+pub mod retry;
 pub mod routes;
 pub mod settings;
 pub mod upstream;
@@ -75,13 +76,7 @@ fn build(
             }
             instances.push(Arc::new(Instance::new(url)));
         }
-        services.insert(
-            name.clone(),
-            Service {
-                name: name.clone(),
-                instances,
-            },
-        );
+        services.insert(name.clone(), Service::new(name, instances));
     }
     let verifier = Arc::new(TokenVerifier::new(
         Arc::new(JwksClient::new(&common.auth)),

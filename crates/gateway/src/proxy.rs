@@ -1,14 +1,16 @@
 //! The request path through the gateway, one named phase at a time:
-//! check the path → route → authenticate → pick an instance → forward →
+//! check the path → route → authenticate → prepare (body held, headers
+//! cleaned) → pick an instance → forward, retrying what is safe to retry →
 //! answer. Every refusal is a problem+json; every upstream failure says
 //! which it was (502 unreachable, 504 too slow, 503 nothing to send to).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,9 +18,9 @@ use kit::auth::{Principal, TokenVerifier};
 use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 
-use crate::path;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
 use crate::upstream::Service;
+use crate::{path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
@@ -59,6 +61,22 @@ pub async fn handle(
     }
 }
 
+/// Upstream answers that a safe request is retried on: the instance could
+/// not serve it, another may.
+const RETRY_STATUSES: [StatusCode; 3] = [
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+/// Why an attempt did not end the exchange.
+enum Failure {
+    /// No answer: the connection failed or broke.
+    Unreachable,
+    /// An answer worth retrying; returned as it is if no retry follows.
+    Answered(http::Response<hyper::body::Incoming>),
+}
+
 async fn forward(
     gateway: &Gateway,
     peer: SocketAddr,
@@ -70,28 +88,62 @@ async fn forward(
         .services
         .get(&route.service)
         .ok_or_else(|| Problem::new(Code::Unavailable))?;
-    let in_flight = service.pick().ok_or_else(|| {
-        Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
-    })?;
-    let upstream = upstream_request(request, &in_flight.instance().base, peer, caller)?;
-    let answer = tokio::time::timeout(route.timeout, gateway.client.request(upstream)).await;
-    let mut response = match answer {
-        Err(_) => {
-            return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
-                "{} did not answer within {} ms",
-                route.service,
-                route.timeout.as_millis()
-            )));
+    let safe = retry::is_safe(request.method(), request.headers());
+    let prepared = prepare(request, peer, caller, route.body_max_bytes).await?;
+    service.budget.deposit();
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let mut tried = Vec::new();
+    let mut retries = 0;
+    loop {
+        // Another instance if there is one left; else any.
+        let in_flight = service
+            .pick_except(&tried)
+            .or_else(|| service.pick())
+            .ok_or_else(|| {
+                Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
+            })?;
+        tried.push(in_flight.instance().clone());
+        let sent = gateway
+            .client
+            .request(prepared.to(&in_flight.instance().base)?);
+        let failure = match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => {
+                return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
+                    "{} did not answer within {} ms",
+                    route.service,
+                    route.timeout.as_millis()
+                )));
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
+                Failure::Unreachable
+            }
+            Ok(Ok(response)) if safe && RETRY_STATUSES.contains(&response.status()) => {
+                Failure::Answered(response)
+            }
+            Ok(Ok(response)) => return Ok(finish(response)),
+        };
+        drop(in_flight);
+        let retry = safe && retries < route.retries && service.budget.try_withdraw();
+        let wait = retry::backoff(retries + 1, route.retry_backoff);
+        if !retry || tokio::time::Instant::now() + wait >= deadline {
+            return match failure {
+                Failure::Answered(response) => Ok(finish(response)),
+                Failure::Unreachable => Err(Problem::new(Code::BadGateway)
+                    .detail(format!("{} could not be reached", route.service))),
+            };
         }
-        Ok(Err(error)) => {
-            tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
-            return Err(Problem::new(Code::BadGateway)
-                .detail(format!("{} could not be reached", route.service)));
-        }
-        Ok(Ok(response)) => response.map(Body::new),
-    };
+        retries += 1;
+        tracing::debug!(route = %route.name, retries, "retrying on another instance");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The upstream's answer as the client gets it.
+fn finish(response: http::Response<hyper::body::Incoming>) -> Response {
+    let mut response = response.map(Body::new);
     strip_hop_by_hop(response.headers_mut());
-    Ok(response)
+    response
 }
 
 /// Phase 1 and 2: a clean path, then the route that takes the request.
@@ -163,24 +215,64 @@ async fn authenticate(
     Ok(caller)
 }
 
+/// The request as every attempt sends it: the body held (so that a retry
+/// can send it again), the headers cleaned and completed.
+struct Prepared {
+    method: http::Method,
+    target: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Prepared {
+    fn to(&self, base: &str) -> Result<Request, Problem> {
+        let mut request = Request::new(Body::from(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = format!("{base}{}", self.target)
+            .parse()
+            .map_err(|_| Problem::new(Code::MalformedRequest).detail("unusable request target"))?;
+        *request.headers_mut() = self.headers.clone();
+        Ok(request)
+    }
+}
+
 /// Phase 4: the request as the upstream sees it.
-fn upstream_request(
+async fn prepare(
     request: Request,
-    base: &str,
     peer: SocketAddr,
     caller: Option<Principal>,
-) -> Result<Request, Problem> {
-    let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
+    body_max_bytes: usize,
+) -> Result<Prepared, Problem> {
+    let too_large = || {
+        Problem::new(Code::PayloadTooLarge)
+            .detail(format!("this route takes at most {body_max_bytes} bytes"))
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > body_max_bytes) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, body_max_bytes)
+        .await
+        .map_err(|error| {
+            let over = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large()
+            } else {
+                Problem::new(Code::MalformedRequest).detail("the request body could not be read")
+            }
+        })?;
+    let target = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    parts.uri = format!("{base}{path_and_query}")
-        .parse()
-        .map_err(|_| Problem::new(Code::MalformedRequest).detail("unusable request target"))?;
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
@@ -210,7 +302,12 @@ fn upstream_request(
     {
         headers.insert("traceparent", traceparent);
     }
-    Ok(Request::from_parts(parts, body))
+    Ok(Prepared {
+        method: parts.method,
+        target,
+        headers,
+        body,
+    })
 }
 
 /// Removes hop-by-hop headers and those `Connection` names.

@@ -53,13 +53,42 @@ pub struct RouteConfig {
     /// auth policy lets through.
     #[serde(default)]
     pub roles: Vec<String>,
-    /// The whole upstream exchange must finish within this long (504).
+    /// The whole upstream exchange, retries included, must finish within
+    /// this long (504).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Retries of a failed request that is safe to repeat (see
+    /// [`crate::retry`]); at most [`RETRIES_MAX`].
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The backoff before the first retry, doubling (jittered) after.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// The largest request body taken (413 beyond).
+    #[serde(default = "default_body_max_bytes")]
+    pub body_max_bytes: usize,
 }
+
+/// The most retries a route may ask for.
+pub const RETRIES_MAX: u32 = 5;
+/// The largest `body_max_bytes` a route may ask for: bodies are held in
+/// memory so that a retry can send them again.
+pub const BODY_MAX_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 
 fn default_timeout_ms() -> u64 {
     15_000
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    25
+}
+
+fn default_body_max_bytes() -> usize {
+    1024 * 1024
 }
 
 /// A compiled route.
@@ -75,6 +104,9 @@ pub struct Route {
     pub auth: AuthPolicy,
     pub roles: Vec<String>,
     pub timeout: Duration,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub body_max_bytes: usize,
 }
 
 impl Route {
@@ -163,6 +195,14 @@ impl RouteTable {
             if config.timeout_ms == 0 {
                 return Err(error("timeout_ms must be > 0".into()));
             }
+            if config.retries > RETRIES_MAX {
+                return Err(error(format!("retries must be at most {RETRIES_MAX}")));
+            }
+            if config.body_max_bytes > BODY_MAX_BYTES_LIMIT {
+                return Err(error(format!(
+                    "body_max_bytes must be at most {BODY_MAX_BYTES_LIMIT}"
+                )));
+            }
             if config.auth == AuthPolicy::None && !config.roles.is_empty() {
                 return Err(error("roles need auth = \"required\"".into()));
             }
@@ -199,6 +239,9 @@ impl RouteTable {
                 auth: config.auth,
                 roles: config.roles.clone(),
                 timeout: Duration::from_millis(config.timeout_ms),
+                retries: config.retries,
+                retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+                body_max_bytes: config.body_max_bytes,
             });
         }
         let mut paths = matchit::Router::new();
@@ -260,6 +303,9 @@ mod tests {
             auth: AuthPolicy::Required,
             roles: vec![],
             timeout_ms: 1000,
+            retries: 2,
+            retry_backoff_ms: 25,
+            body_max_bytes: 1024,
         }
     }
 
@@ -350,6 +396,13 @@ mod tests {
                     ..route("x", "/a")
                 },
                 "timeout_ms must be > 0",
+            ),
+            (
+                RouteConfig {
+                    retries: 6,
+                    ..route("x", "/a")
+                },
+                "retries must be at most 5",
             ),
             (
                 RouteConfig {
