@@ -25,7 +25,7 @@ use kit::telemetry::Metrics;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::settings::GatewaySettings;
-use crate::upstream::{Instance, Service};
+use crate::upstream::{HealthCheck, Instance, Service};
 
 pub const ROLE: &str = "gateway";
 
@@ -76,7 +76,24 @@ fn build(
             }
             instances.push(Arc::new(Instance::new(url)));
         }
-        services.insert(name.clone(), Service::new(name, instances));
+        if service.health_interval_ms == 0 || service.health_timeout_ms == 0 {
+            return Err(GatewayStartError::Service {
+                service: name.clone(),
+                problem: "health_interval_ms and health_timeout_ms must be > 0".into(),
+            });
+        }
+        let health = HealthCheck {
+            path: service.health_path.clone(),
+            interval: std::time::Duration::from_millis(service.health_interval_ms),
+            timeout: std::time::Duration::from_millis(service.health_timeout_ms),
+        };
+        services.insert(
+            name.clone(),
+            Service {
+                health,
+                ..Service::new(name, instances)
+            },
+        );
     }
     let verifier = Arc::new(TokenVerifier::new(
         Arc::new(JwksClient::new(&common.auth)),
@@ -93,6 +110,40 @@ fn build(
         verifier,
         client,
     }))
+}
+
+/// Asks every instance's health path on its service's interval, for as
+/// long as the returned task runs.
+pub fn spawn_health_checks(gateway: &Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    let gateway = gateway.clone();
+    tokio::spawn(async move {
+        let mut checks = tokio::task::JoinSet::new();
+        for service in gateway.services.values() {
+            for instance in &service.instances {
+                let (gateway, instance) = (gateway.clone(), instance.clone());
+                let health = service.health.clone();
+                checks.spawn(async move {
+                    let mut tick = tokio::time::interval(health.interval);
+                    loop {
+                        tick.tick().await;
+                        let healthy = check(&gateway, &instance.base, &health).await;
+                        instance.set_healthy(healthy);
+                    }
+                });
+            }
+        }
+        while checks.join_next().await.is_some() {}
+    })
+}
+
+async fn check(gateway: &Gateway, base: &str, health: &HealthCheck) -> bool {
+    let Ok(uri) = format!("{base}{}", health.path).parse::<http::Uri>() else {
+        return false;
+    };
+    let mut request = http::Request::new(axum::body::Body::empty());
+    *request.uri_mut() = uri;
+    let answer = tokio::time::timeout(health.timeout, gateway.client.request(request)).await;
+    matches!(answer, Ok(Ok(response)) if response.status().is_success())
 }
 
 /// The public port: every request goes to the proxy; no metrics, health
@@ -113,6 +164,7 @@ pub async fn serve(config: &Config) -> Result<(), GatewayStartError> {
     let common = config.common()?;
     let settings: GatewaySettings = config.section(ROLE)?;
     let gateway = build(&settings, &common, kit::clock::system())?;
+    let _health_checks = spawn_health_checks(&gateway);
     let metrics = Metrics::new(ROLE);
     let public = kit::listen::inherited_or_bind(settings.listen).await?;
     let admin = kit::listen::admin_inherited_or_bind(settings.admin_listen).await?;

@@ -116,12 +116,20 @@ async fn forward(
             }
             Ok(Err(error)) => {
                 tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
+                service.failed(in_flight.instance());
                 Failure::Unreachable
             }
-            Ok(Ok(response)) if safe && RETRY_STATUSES.contains(&response.status()) => {
+            Ok(Ok(response)) => {
+                if response.status().is_server_error() {
+                    service.failed(in_flight.instance());
+                } else {
+                    service.succeeded(in_flight.instance());
+                }
+                if !(safe && RETRY_STATUSES.contains(&response.status())) {
+                    return Ok(finish(response));
+                }
                 Failure::Answered(response)
             }
-            Ok(Ok(response)) => return Ok(finish(response)),
         };
         drop(in_flight);
         let retry = safe && retries < route.retries && service.budget.try_withdraw();

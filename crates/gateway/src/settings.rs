@@ -28,6 +28,27 @@ pub struct GatewaySettings {
 pub struct ServiceSettings {
     /// `http://host:port` of each instance.
     pub urls: Vec<String>,
+    /// Asked on every instance every `health_interval_ms`; a non-2xx or no
+    /// answer within `health_timeout_ms` leaves the instance out until it
+    /// passes again.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
+}
+
+fn default_health_path() -> String {
+    "/readyz".into()
+}
+
+fn default_health_interval_ms() -> u64 {
+    5_000
+}
+
+fn default_health_timeout_ms() -> u64 {
+    1_000
 }
 
 #[derive(Deserialize)]
@@ -45,6 +66,9 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         let local = |port: u16| ServiceSettings {
             urls: vec![format!("http://127.0.0.1:{port}")],
+            health_path: default_health_path(),
+            health_interval_ms: default_health_interval_ms(),
+            health_timeout_ms: default_health_timeout_ms(),
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

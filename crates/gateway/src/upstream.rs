@@ -1,17 +1,36 @@
-//! Upstream services and their instances; which instance takes a request.
+//! Upstream services and their instances; which instance takes a request,
+//! and which are left out for a while: passive outlier ejection (failures
+//! seen on real traffic) and active health checks (`/readyz`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::retry::RetryBudget;
 
-/// One instance of a service: where it listens and how many requests it
-/// has in flight from this gateway.
+/// Consecutive failures (no answer, or 5xx) that eject an instance.
+pub const EJECT_AFTER_FAILURES: u32 = 5;
+/// The first ejection lasts this long; each further one this much longer.
+pub const EJECTION_BASE: Duration = Duration::from_secs(5);
+/// No ejection lasts longer than this.
+pub const EJECTION_MAX: Duration = Duration::from_secs(300);
+/// At most this share of a service's instances is ejected at once: past
+/// it, a failing instance keeps taking traffic rather than overloading
+/// the rest.
+pub const EJECTED_SHARE_MAX: f64 = 0.5;
+
+/// One instance of a service: where it listens, how many requests it has in
+/// flight from this gateway, and whether it is left out for now.
 #[derive(Debug)]
 pub struct Instance {
     /// `scheme://host:port`, no path.
     pub base: String,
     outstanding: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    /// What the last active health check said (true until one fails).
+    healthy: AtomicBool,
 }
 
 impl Instance {
@@ -19,11 +38,42 @@ impl Instance {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             outstanding: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            healthy: AtomicBool::new(true),
         }
     }
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| now < until)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// What an active health check found.
+    pub fn set_healthy(&self, healthy: bool) {
+        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            tracing::warn!(instance = %self.base, healthy, "health check changed");
+        }
+    }
+
+    /// How many times this instance has been ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    fn takes_traffic(&self, now: Instant) -> bool {
+        self.is_healthy() && !self.is_ejected(now)
     }
 }
 
@@ -42,11 +92,31 @@ impl Drop for InFlight {
     }
 }
 
-/// A service's instances and the retries it may spend.
+/// How a service's instances are checked.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            path: "/readyz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A service's instances, how they are checked, and the retries it may
+/// spend.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
     pub instances: Vec<Arc<Instance>>,
+    pub health: HealthCheck,
     pub budget: RetryBudget,
 }
 
@@ -55,6 +125,7 @@ impl Service {
         Self {
             name: name.into(),
             instances,
+            health: HealthCheck::default(),
             budget: RetryBudget::default(),
         }
     }
@@ -66,13 +137,21 @@ impl Service {
     }
 
     /// As [`Service::pick`], among the instances not in `tried` (a retry
-    /// goes elsewhere). None when none is left.
+    /// goes elsewhere). None when none is left. Ejected and unhealthy
+    /// instances are left out, unless every instance is: then all take
+    /// traffic again (better a chance than a certain 503).
     pub fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<InFlight> {
-        let left: Vec<&Arc<Instance>> = self
+        let now = Instant::now();
+        let untried = |i: &&Arc<Instance>| !tried.iter().any(|t| Arc::ptr_eq(t, i));
+        let mut left: Vec<&Arc<Instance>> = self
             .instances
             .iter()
-            .filter(|i| !tried.iter().any(|t| Arc::ptr_eq(t, i)))
+            .filter(|i| i.takes_traffic(now))
+            .filter(untried)
             .collect();
+        if !self.instances.iter().any(|i| i.takes_traffic(now)) {
+            left = self.instances.iter().filter(untried).collect();
+        }
         let chosen = match left.len() {
             0 => return None,
             1 => left[0],
@@ -89,6 +168,40 @@ impl Service {
         };
         chosen.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(chosen.clone()))
+    }
+
+    /// An answer below 500 came back: the instance is fine.
+    pub fn succeeded(&self, instance: &Instance) {
+        instance.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// No answer, or a 5xx: after [`EJECT_AFTER_FAILURES`] in a row the
+    /// instance is ejected, for longer each time, within the share cap.
+    pub fn failed(&self, instance: &Instance) {
+        let failures = instance
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if failures < EJECT_AFTER_FAILURES {
+            return;
+        }
+        let now = Instant::now();
+        let ejected = self.instances.iter().filter(|i| i.is_ejected(now)).count();
+        if (ejected + 1) as f64 > self.instances.len() as f64 * EJECTED_SHARE_MAX {
+            return;
+        }
+        let mut until = instance
+            .ejected_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if until.is_some_and(|u| now < u) {
+            return;
+        }
+        let times = instance.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = EJECTION_BASE.saturating_mul(times).min(EJECTION_MAX);
+        *until = Some(now + length);
+        instance.consecutive_failures.store(0, Ordering::Relaxed);
+        tracing::warn!(service = %self.name, instance = %instance.base, times, ejected_for_ms = length.as_millis() as u64, "instance ejected");
     }
 }
 
@@ -131,5 +244,60 @@ mod tests {
         let both = [first.instance().clone(), other.instance().clone()];
         assert!(service.pick_except(&both).is_none());
         assert!(Service::new("e", vec![]).pick().is_none());
+    }
+
+    fn three() -> Service {
+        let instances = ["http://a", "http://b", "http://c"];
+        Service::new(
+            "s",
+            instances
+                .iter()
+                .map(|b| Arc::new(Instance::new(b)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn consecutive_failures_eject_for_longer_each_time_within_the_share_cap() {
+        let service = three();
+        let (a, b) = (service.instances[0].clone(), service.instances[1].clone());
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            service.failed(&a);
+        }
+        service.succeeded(&a);
+        service.failed(&a);
+        assert!(!a.is_ejected(Instant::now()), "a success resets the count");
+        for _ in 0..EJECT_AFTER_FAILURES {
+            service.failed(&a);
+        }
+        assert!(a.is_ejected(Instant::now()));
+        assert_eq!(a.ejections(), 1);
+        for _ in 0..100 {
+            let picked = service.pick().unwrap();
+            assert!(
+                !Arc::ptr_eq(picked.instance(), &a),
+                "an ejected instance takes nothing"
+            );
+        }
+        // A second one would eject 2 of 3, over the 50% cap: it stays in.
+        for _ in 0..EJECT_AFTER_FAILURES {
+            service.failed(&b);
+        }
+        assert!(!b.is_ejected(Instant::now()));
+        let until = a.ejected_until.lock().unwrap().unwrap();
+        assert!(until <= Instant::now() + EJECTION_BASE);
+    }
+
+    #[test]
+    fn unhealthy_instances_are_left_out_unless_all_are() {
+        let service = three();
+        service.instances[0].set_healthy(false);
+        service.instances[1].set_healthy(false);
+        for _ in 0..50 {
+            let picked = service.pick().unwrap();
+            assert!(Arc::ptr_eq(picked.instance(), &service.instances[2]));
+        }
+        service.instances[2].set_healthy(false);
+        assert!(service.pick().is_some(), "all down: all take traffic again");
     }
 }
