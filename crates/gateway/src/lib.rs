@@ -3,6 +3,7 @@
 //! instances chosen by power of two choices ([`upstream`]), and the proxy
 //! itself, one phase at a time ([`proxy`]).
 
+pub mod breaker;
 pub mod path;
 pub mod proxy;
 pub mod retry;
@@ -22,6 +23,7 @@ use kit::config::{Common, Config};
 use kit::http::Readiness;
 use kit::telemetry::Metrics;
 
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::settings::GatewaySettings;
@@ -76,12 +78,31 @@ fn build(
             }
             instances.push(Arc::new(Instance::new(url)));
         }
+        let refuse = |problem: &str| GatewayStartError::Service {
+            service: name.clone(),
+            problem: problem.into(),
+        };
         if service.health_interval_ms == 0 || service.health_timeout_ms == 0 {
-            return Err(GatewayStartError::Service {
-                service: name.clone(),
-                problem: "health_interval_ms and health_timeout_ms must be > 0".into(),
-            });
+            return Err(refuse(
+                "health_interval_ms and health_timeout_ms must be > 0",
+            ));
         }
+        if !(service.breaker_failure_ratio > 0.0 && service.breaker_failure_ratio <= 1.0)
+            || service.breaker_window_ms == 0
+            || service.breaker_open_ms == 0
+            || service.breaker_probes == 0
+        {
+            return Err(refuse(
+                "breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0",
+            ));
+        }
+        let breaker = Breaker::new(BreakerSettings {
+            failure_ratio: service.breaker_failure_ratio,
+            min_requests: service.breaker_min_requests,
+            window: std::time::Duration::from_millis(service.breaker_window_ms),
+            open_for: std::time::Duration::from_millis(service.breaker_open_ms),
+            probes: service.breaker_probes,
+        });
         let health = HealthCheck {
             path: service.health_path.clone(),
             interval: std::time::Duration::from_millis(service.health_interval_ms),
@@ -91,6 +112,7 @@ fn build(
             name.clone(),
             Service {
                 health,
+                breaker,
                 ..Service::new(name, instances)
             },
         );

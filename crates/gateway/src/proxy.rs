@@ -83,6 +83,11 @@ async fn forward(
     request: Request,
 ) -> Result<Response, Problem> {
     let route = route(gateway, &request)?;
+    let _permit = route.concurrency.clone().try_acquire_owned().map_err(|_| {
+        Problem::new(Code::Overloaded)
+            .detail(format!("route {} is at its concurrency limit", route.name))
+            .retry_after_s(1)
+    })?;
     let caller = authenticate(gateway, route, request.headers()).await?;
     let service = gateway
         .services
@@ -103,11 +108,20 @@ async fn forward(
                 Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
             })?;
         tried.push(in_flight.instance().clone());
+        let admitted = service.breaker.admit().map_err(|wait| {
+            Problem::new(Code::CircuitOpen)
+                .detail(format!(
+                    "{} is failing; requests to it are refused",
+                    service.name
+                ))
+                .retry_after_s(wait.as_secs_f64().ceil() as u64)
+        })?;
         let sent = gateway
             .client
             .request(prepared.to(&in_flight.instance().base)?);
         let failure = match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => {
+                service.breaker.record(admitted, false);
                 return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
                     "{} did not answer within {} ms",
                     route.service,
@@ -117,14 +131,17 @@ async fn forward(
             Ok(Err(error)) => {
                 tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
                 service.failed(in_flight.instance());
+                service.breaker.record(admitted, false);
                 Failure::Unreachable
             }
             Ok(Ok(response)) => {
-                if response.status().is_server_error() {
-                    service.failed(in_flight.instance());
-                } else {
+                let ok = !response.status().is_server_error();
+                if ok {
                     service.succeeded(in_flight.instance());
+                } else {
+                    service.failed(in_flight.instance());
                 }
+                service.breaker.record(admitted, ok);
                 if !(safe && RETRY_STATUSES.contains(&response.status())) {
                     return Ok(finish(response));
                 }

@@ -6,10 +6,12 @@
 //! Routes are tried in declaration order among those whose path matches.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -67,6 +69,14 @@ pub struct RouteConfig {
     /// The largest request body taken (413 beyond).
     #[serde(default = "default_body_max_bytes")]
     pub body_max_bytes: usize,
+    /// Requests in flight on this route at once; more are shed with 503
+    /// `overloaded` at once, never queued.
+    #[serde(default = "default_concurrency_max")]
+    pub concurrency_max: usize,
+}
+
+fn default_concurrency_max() -> usize {
+    1024
 }
 
 /// The most retries a route may ask for.
@@ -107,6 +117,8 @@ pub struct Route {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub body_max_bytes: usize,
+    /// Permits for requests in flight; none left means shed.
+    pub concurrency: Arc<Semaphore>,
 }
 
 impl Route {
@@ -195,6 +207,9 @@ impl RouteTable {
             if config.timeout_ms == 0 {
                 return Err(error("timeout_ms must be > 0".into()));
             }
+            if config.concurrency_max == 0 || config.concurrency_max > Semaphore::MAX_PERMITS {
+                return Err(error("concurrency_max must be > 0".into()));
+            }
             if config.retries > RETRIES_MAX {
                 return Err(error(format!("retries must be at most {RETRIES_MAX}")));
             }
@@ -242,6 +257,7 @@ impl RouteTable {
                 retries: config.retries,
                 retry_backoff: Duration::from_millis(config.retry_backoff_ms),
                 body_max_bytes: config.body_max_bytes,
+                concurrency: Arc::new(Semaphore::new(config.concurrency_max)),
             });
         }
         let mut paths = matchit::Router::new();
@@ -306,6 +322,7 @@ mod tests {
             retries: 2,
             retry_backoff_ms: 25,
             body_max_bytes: 1024,
+            concurrency_max: 8,
         }
     }
 

@@ -37,6 +37,40 @@ pub struct ServiceSettings {
     pub health_interval_ms: u64,
     #[serde(default = "default_health_timeout_ms")]
     pub health_timeout_ms: u64,
+    /// The circuit breaker opens when at least this share of the requests
+    /// in the last `breaker_window_ms` failed, once there were at least
+    /// `breaker_min_requests`; it stays open `breaker_open_ms`, then lets
+    /// `breaker_probes` requests through to decide.
+    #[serde(default = "default_breaker_failure_ratio")]
+    pub breaker_failure_ratio: f64,
+    #[serde(default = "default_breaker_min_requests")]
+    pub breaker_min_requests: u32,
+    #[serde(default = "default_breaker_window_ms")]
+    pub breaker_window_ms: u64,
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    #[serde(default = "default_breaker_probes")]
+    pub breaker_probes: u32,
+}
+
+fn default_breaker_failure_ratio() -> f64 {
+    0.5
+}
+
+fn default_breaker_min_requests() -> u32 {
+    20
+}
+
+fn default_breaker_window_ms() -> u64 {
+    10_000
+}
+
+fn default_breaker_open_ms() -> u64 {
+    5_000
+}
+
+fn default_breaker_probes() -> u32 {
+    3
 }
 
 fn default_health_path() -> String {
@@ -69,6 +103,11 @@ impl Default for GatewaySettings {
             health_path: default_health_path(),
             health_interval_ms: default_health_interval_ms(),
             health_timeout_ms: default_health_timeout_ms(),
+            breaker_failure_ratio: default_breaker_failure_ratio(),
+            breaker_min_requests: default_breaker_min_requests(),
+            breaker_window_ms: default_breaker_window_ms(),
+            breaker_open_ms: default_breaker_open_ms(),
+            breaker_probes: default_breaker_probes(),
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::retry::RetryBudget;
 
 /// Consecutive failures (no answer, or 5xx) that eject an instance.
@@ -110,13 +111,14 @@ impl Default for HealthCheck {
     }
 }
 
-/// A service's instances, how they are checked, and the retries it may
-/// spend.
+/// A service's instances, how they are checked, its circuit breaker and
+/// the retries it may spend.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
     pub instances: Vec<Arc<Instance>>,
     pub health: HealthCheck,
+    pub breaker: Breaker,
     pub budget: RetryBudget,
 }
 
@@ -126,6 +128,7 @@ impl Service {
             name: name.into(),
             instances,
             health: HealthCheck::default(),
+            breaker: Breaker::new(BreakerSettings::default()),
             budget: RetryBudget::default(),
         }
     }

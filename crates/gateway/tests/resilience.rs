@@ -1,10 +1,11 @@
-//! Retries through real HTTP: safe requests go to another instance when one
-//! is gone, a POST without `Idempotency-Key` is never sent twice, and the
-//! retry budget bounds what a failing service receives.
+//! Resilience through real HTTP: safe requests go to another instance when
+//! one is gone, a POST without `Idempotency-Key` is never sent twice, the
+//! retry budget bounds what a failing service receives, the breaker opens
+//! and closes, and a saturated route sheds instead of queueing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -30,20 +31,54 @@ fn dead_url() -> String {
     format!("http://{}", listener.local_addr().unwrap())
 }
 
+/// An upstream that answers 500 while `broken` is set, else 200; and,
+/// under `/slow`, after 300 ms.
+fn switchable() -> (Router, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let (broken, hits) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (flag, counter) = (broken.clone(), hits.clone());
+    let router = Router::new()
+        .route(
+            "/slow/{n}",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "late"
+            }),
+        )
+        .fallback(move || {
+            let (flag, counter) = (flag.clone(), counter.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                match flag.load(Ordering::SeqCst) {
+                    true => StatusCode::INTERNAL_SERVER_ERROR,
+                    false => StatusCode::OK,
+                }
+            }
+        });
+    (router, broken, hits)
+}
+
 struct Setup {
     gateway: TestServer,
     _upstreams: Vec<TestServer>,
     ok_hits: Arc<AtomicUsize>,
     failing_hits: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
+    switchable_hits: Arc<AtomicUsize>,
 }
 
 /// `flaky`: one instance gone, one fine. `failing`: one instance that
-/// always answers 503.
+/// always answers 503. `switchable`: failing until told otherwise, with a
+/// quick breaker and a slow path on a route that takes 2 at a time.
 async fn setup() -> Setup {
     let (ok, ok_hits) = counting(StatusCode::OK);
     let (failing, failing_hits) = counting(StatusCode::SERVICE_UNAVAILABLE);
+    let (switchable, broken, switchable_hits) = switchable();
     let ok = TestServer::start(ok).await;
     let failing = TestServer::start(failing).await;
+    let switchable = TestServer::start(switchable).await;
     let toml = format!(
         r#"
 [log]
@@ -52,6 +87,12 @@ filter = "error"
 urls = ["{dead}", "{ok}"]
 [gateway.services.failing]
 urls = ["{failing}"]
+breaker_min_requests = 100000
+[gateway.services.switchable]
+urls = ["{switchable}"]
+breaker_min_requests = 4
+breaker_open_ms = 300
+breaker_probes = 2
 [[gateway.routes]]
 name = "flaky"
 prefix = "/flaky/"
@@ -64,10 +105,23 @@ prefix = "/failing/"
 service = "failing"
 auth = "none"
 retry_backoff_ms = 1
+[[gateway.routes]]
+name = "slow"
+prefix = "/slow/"
+service = "switchable"
+auth = "none"
+concurrency_max = 2
+[[gateway.routes]]
+name = "switchable"
+prefix = "/switchable/"
+service = "switchable"
+auth = "none"
+retries = 0
 "#,
         dead = dead_url(),
         ok = ok.url(""),
         failing = failing.url(""),
+        switchable = switchable.url(""),
     );
     let config = Config::from_toml(&toml).unwrap();
     let router = gateway::public_router(
@@ -77,9 +131,11 @@ retry_backoff_ms = 1
     );
     Setup {
         gateway: TestServer::start(router).await,
-        _upstreams: vec![ok, failing],
+        _upstreams: vec![ok, failing, switchable],
         ok_hits,
         failing_hits,
+        broken,
+        switchable_hits,
     }
 }
 
@@ -156,4 +212,69 @@ async fn retries_stay_within_the_budget() {
         "{hits} upstream requests for {requests} (budget {budget:.1})"
     );
     assert!(hits > requests as f64, "some retries were spent");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_refuses_fast_then_closes_once_probes_pass() {
+    let setup = setup().await;
+    let http = reqwest::Client::new();
+    let get = || http.get(setup.gateway.url("/switchable/x")).send();
+    let mut opened = None;
+    for _ in 0..10 {
+        let response = get().await.unwrap();
+        if response.status() == 503 {
+            opened = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 500, "the upstream's own answer");
+    }
+    let opened = opened.expect("the breaker opened");
+    assert_eq!(opened.headers()["retry-after"], "1");
+    let problem: serde_json::Value = opened.json().await.unwrap();
+    assert_eq!(problem["code"], "circuit_open");
+    let hits = setup.switchable_hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(get().await.unwrap().status(), 503);
+    }
+    assert_eq!(
+        setup.switchable_hits.load(Ordering::SeqCst),
+        hits,
+        "nothing reaches a service while its breaker is open"
+    );
+    setup.broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..10 {
+        assert_eq!(get().await.unwrap().status(), 200, "probes passed: closed");
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_route_sheds_at_once_instead_of_queueing() {
+    let setup = setup().await;
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0..6)
+        .map(|n| {
+            let request = http.get(setup.gateway.url(&format!("/slow/{n}"))).send();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let response = request.await.unwrap();
+                (response.status().as_u16(), started.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(served, 2, "{answers:?}");
+    for (status, took) in &answers {
+        if *status != 200 {
+            assert_eq!(*status, 503);
+            assert!(
+                *took < Duration::from_millis(250),
+                "shed at once, not queued: {took:?}"
+            );
+        }
+    }
 }

@@ -54,6 +54,7 @@ codes! {
     Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "The request took too long"),
     BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "The upstream service could not be reached or answered badly"),
     UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "The upstream service did not answer in time"),
+    CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "The upstream service is failing; requests to it are refused for a while"),
 }
 
 /// One invalid field of a request (`pointer` is a JSON Pointer, RFC 6901).
