@@ -9,6 +9,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 /// Buckets the window is counted in.
 const BUCKETS: usize = 10;
 
@@ -72,6 +74,8 @@ pub struct Breaker {
     settings: BreakerSettings,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// 0 closed, 1 open, 2 half-open: `tessera_gateway_breaker_state`.
+    gauge: Gauge,
 }
 
 /// Leave to send one request; report how it went.
@@ -81,9 +85,11 @@ pub struct Admitted {
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub fn new(settings: BreakerSettings, gauge: Gauge) -> Self {
+        gauge.set(0);
         Self {
             settings,
+            gauge,
             epoch: Instant::now(),
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
@@ -117,6 +123,7 @@ impl Breaker {
                     admitted: 1,
                     succeeded: 0,
                 };
+                self.gauge.set(2);
                 Ok(Admitted { probe: true })
             }
             Phase::HalfOpen {
@@ -145,6 +152,7 @@ impl Breaker {
                     if *succeeded >= self.settings.probes {
                         inner.phase = Phase::Closed;
                         inner.buckets = [Bucket::default(); BUCKETS];
+                        self.gauge.set(0);
                         tracing::info!("circuit closed");
                     }
                 }
@@ -182,6 +190,7 @@ impl Breaker {
         inner.phase = Phase::Open {
             until: now + self.settings.open_for,
         };
+        self.gauge.set(1);
         tracing::warn!(
             open_for_ms = self.settings.open_for.as_millis() as u64,
             "circuit opened"
@@ -194,13 +203,14 @@ mod tests {
     use super::*;
 
     fn quick() -> Breaker {
-        Breaker::new(BreakerSettings {
+        let settings = BreakerSettings {
             failure_ratio: 0.5,
             min_requests: 4,
             window: Duration::from_secs(10),
             open_for: Duration::from_millis(100),
             probes: 2,
-        })
+        };
+        Breaker::new(settings, Gauge::default())
     }
 
     fn outcome(breaker: &Breaker, success: bool) {
@@ -217,6 +227,7 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed, "under min_requests");
         outcome(&breaker, false);
         assert_eq!(breaker.state(), BreakerState::Open, "3 of 4 failed");
+        assert_eq!(breaker.gauge.get(), 1);
         let wait = breaker.admit().unwrap_err();
         assert!(wait <= Duration::from_millis(100));
         std::thread::sleep(Duration::from_millis(120));
@@ -224,9 +235,11 @@ mod tests {
         let second = breaker.admit().unwrap();
         assert!(breaker.admit().is_err(), "only 2 probes at a time");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert_eq!(breaker.gauge.get(), 2);
         breaker.record(first, true);
         breaker.record(second, true);
         assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.gauge.get(), 0);
         outcome(&breaker, false);
         assert_eq!(breaker.state(), BreakerState::Closed, "a fresh window");
     }

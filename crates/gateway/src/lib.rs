@@ -4,6 +4,7 @@
 //! itself, one phase at a time ([`proxy`]).
 
 pub mod breaker;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod retry;
@@ -24,6 +25,7 @@ use kit::http::Readiness;
 use kit::telemetry::Metrics;
 
 use crate::breaker::{Breaker, BreakerSettings};
+use crate::metrics::{GatewayMetrics, ServiceLabel};
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::settings::GatewaySettings;
@@ -48,20 +50,27 @@ pub enum GatewayStartError {
     Service { service: String, problem: String },
 }
 
-/// The gateway's shared state, from the configuration.
-pub fn open(config: &Config, clock: SharedClock) -> Result<Arc<Gateway>, GatewayStartError> {
+/// The gateway's shared state, from the configuration, counted in
+/// `metrics`.
+pub fn open(
+    config: &Config,
+    clock: SharedClock,
+    metrics: &Metrics,
+) -> Result<Arc<Gateway>, GatewayStartError> {
     let common = config.common()?;
     let settings: GatewaySettings = config.section(ROLE)?;
-    build(&settings, &common, clock)
+    build(&settings, &common, clock, metrics)
 }
 
 fn build(
     settings: &GatewaySettings,
     common: &Common,
     clock: SharedClock,
+    metrics: &Metrics,
 ) -> Result<Arc<Gateway>, GatewayStartError> {
+    let counted = GatewayMetrics::registered(metrics);
     let names: BTreeSet<String> = settings.services.keys().cloned().collect();
-    let table = RouteTable::compile(&settings.routes, &names)?;
+    let table = RouteTable::compile(&settings.routes, &names, &counted)?;
     let mut services = std::collections::BTreeMap::new();
     for (name, service) in &settings.services {
         let mut instances = Vec::new();
@@ -76,7 +85,7 @@ fn build(
                     problem: format!("{url:?} must be http://host:port with no path"),
                 });
             }
-            instances.push(Arc::new(Instance::new(url)));
+            instances.push(Arc::new(Instance::counted(url, name, &counted)));
         }
         let refuse = |problem: &str| GatewayStartError::Service {
             service: name.clone(),
@@ -96,13 +105,19 @@ fn build(
                 "breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0",
             ));
         }
-        let breaker = Breaker::new(BreakerSettings {
-            failure_ratio: service.breaker_failure_ratio,
-            min_requests: service.breaker_min_requests,
-            window: std::time::Duration::from_millis(service.breaker_window_ms),
-            open_for: std::time::Duration::from_millis(service.breaker_open_ms),
-            probes: service.breaker_probes,
-        });
+        let label = ServiceLabel {
+            service: name.clone(),
+        };
+        let breaker = Breaker::new(
+            BreakerSettings {
+                failure_ratio: service.breaker_failure_ratio,
+                min_requests: service.breaker_min_requests,
+                window: std::time::Duration::from_millis(service.breaker_window_ms),
+                open_for: std::time::Duration::from_millis(service.breaker_open_ms),
+                probes: service.breaker_probes,
+            },
+            counted.breaker_state.get_or_create(&label).clone(),
+        );
         let health = HealthCheck {
             path: service.health_path.clone(),
             interval: std::time::Duration::from_millis(service.health_interval_ms),
@@ -113,6 +128,7 @@ fn build(
             Service {
                 health,
                 breaker,
+                latency: counted.upstream_latency.get_or_create(&label).clone(),
                 ..Service::new(name, instances)
             },
         );
@@ -185,9 +201,9 @@ pub fn admin_router(common: &Common, metrics: Metrics) -> Router {
 pub async fn serve(config: &Config) -> Result<(), GatewayStartError> {
     let common = config.common()?;
     let settings: GatewaySettings = config.section(ROLE)?;
-    let gateway = build(&settings, &common, kit::clock::system())?;
-    let _health_checks = spawn_health_checks(&gateway);
     let metrics = Metrics::new(ROLE);
+    let gateway = build(&settings, &common, kit::clock::system(), &metrics)?;
+    let _health_checks = spawn_health_checks(&gateway);
     let public = kit::listen::inherited_or_bind(settings.listen).await?;
     let admin = kit::listen::admin_inherited_or_bind(settings.admin_listen).await?;
     tracing::info!(

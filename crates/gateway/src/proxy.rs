@@ -49,16 +49,25 @@ pub struct Gateway {
     pub client: Client<HttpConnector, Body>,
 }
 
-/// The one handler of the public port.
+/// The one handler of the public port. Its responses carry the route's
+/// name, for the kit's metrics and access log.
 pub async fn handle(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     request: Request,
 ) -> Response {
-    match forward(&gateway, peer.0, request).await {
+    let route = match route(&gateway, &request) {
+        Ok(route) => route,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut response = match forward(&gateway, route, peer.0, request).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
-    }
+    };
+    response
+        .extensions_mut()
+        .insert(kit::telemetry::RouteName(route.name.clone()));
+    response
 }
 
 /// Upstream answers that a safe request is retried on: the instance could
@@ -79,11 +88,12 @@ enum Failure {
 
 async fn forward(
     gateway: &Gateway,
+    route: &Route,
     peer: SocketAddr,
     request: Request,
 ) -> Result<Response, Problem> {
-    let route = route(gateway, &request)?;
     let _permit = route.concurrency.clone().try_acquire_owned().map_err(|_| {
+        route.shed.inc();
         Problem::new(Code::Overloaded)
             .detail(format!("route {} is at its concurrency limit", route.name))
             .retry_after_s(1)
@@ -119,7 +129,15 @@ async fn forward(
         let sent = gateway
             .client
             .request(prepared.to(&in_flight.instance().base)?);
-        let failure = match tokio::time::timeout_at(deadline, sent).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, sent).await;
+        service.latency.observe(started.elapsed().as_secs_f64());
+        let status = match &outcome {
+            Ok(Ok(response)) => Some(response.status().as_u16()),
+            _ => None,
+        };
+        in_flight.instance().answered(status);
+        let failure = match outcome {
             Err(_) => {
                 service.breaker.record(admitted, false);
                 return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
@@ -159,6 +177,7 @@ async fn forward(
             };
         }
         retries += 1;
+        route.retried.inc();
         tracing::debug!(route = %route.name, retries, "retrying on another instance");
         tokio::time::sleep(wait).await;
     }

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
+
+use crate::metrics::{GatewayMetrics, RouteLabel};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -119,6 +122,9 @@ pub struct Route {
     pub body_max_bytes: usize,
     /// Permits for requests in flight; none left means shed.
     pub concurrency: Arc<Semaphore>,
+    /// Counts retries and shed requests (`tessera_gateway_retries`, `_shed`).
+    pub retried: Counter,
+    pub shed: Counter,
 }
 
 impl Route {
@@ -171,6 +177,7 @@ impl RouteTable {
     pub fn compile(
         configs: &[RouteConfig],
         services: &BTreeSet<String>,
+        metrics: &GatewayMetrics,
     ) -> Result<Self, RouteError> {
         let mut routes = Vec::with_capacity(configs.len());
         let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -240,6 +247,9 @@ impl RouteTable {
                     Ok((name, value))
                 })
                 .collect::<Result<Vec<_>, RouteError>>()?;
+            let label = RouteLabel {
+                route: config.name.clone(),
+            };
             if !by_pattern.contains_key(&matcher) {
                 order.push(matcher.clone());
             }
@@ -258,6 +268,8 @@ impl RouteTable {
                 retry_backoff: Duration::from_millis(config.retry_backoff_ms),
                 body_max_bytes: config.body_max_bytes,
                 concurrency: Arc::new(Semaphore::new(config.concurrency_max)),
+                retried: metrics.retries.get_or_create(&label).clone(),
+                shed: metrics.shed.get_or_create(&label).clone(),
             });
         }
         let mut paths = matchit::Router::new();
@@ -331,7 +343,7 @@ mod tests {
     }
 
     fn compile(configs: &[RouteConfig]) -> Result<RouteTable, RouteError> {
-        RouteTable::compile(configs, &services())
+        RouteTable::compile(configs, &services(), &GatewayMetrics::default())
     }
 
     fn name(matched: Matched<'_>) -> String {

@@ -6,7 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::breaker::{Breaker, BreakerSettings};
+use crate::metrics::{ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, answer_class};
 use crate::retry::RetryBudget;
 
 /// Consecutive failures (no answer, or 5xx) that eject an instance.
@@ -32,12 +37,41 @@ pub struct Instance {
     ejected_until: Mutex<Option<Instant>>,
     /// What the last active health check said (true until one fails).
     healthy: AtomicBool,
+    /// Answers by class ([`ANSWER_CLASSES`]) and ejections, for metrics.
+    answers: [Counter; 6],
+    ejected_total: Counter,
 }
 
 impl Instance {
+    /// An instance whose counters are not registered anywhere.
     pub fn new(base: &str) -> Self {
+        Self::counted(base, "", &GatewayMetrics::default())
+    }
+
+    /// An instance of `service` counted in `metrics`.
+    pub fn counted(base: &str, service: &str, metrics: &GatewayMetrics) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
+        let answers = ANSWER_CLASSES.map(|class| {
+            metrics
+                .upstream_requests
+                .get_or_create(&AnswerLabels {
+                    service: service.into(),
+                    instance: base.clone(),
+                    class: class.into(),
+                })
+                .clone()
+        });
+        let ejected_total = metrics
+            .ejections
+            .get_or_create(&InstanceLabels {
+                service: service.into(),
+                instance: base.clone(),
+            })
+            .clone();
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            answers,
+            ejected_total,
+            base,
             outstanding: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -71,6 +105,11 @@ impl Instance {
     /// How many times this instance has been ejected.
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts an attempt's outcome: its status, or `None` for no answer.
+    pub fn answered(&self, status: Option<u16>) {
+        self.answers[answer_class(status)].inc();
     }
 
     fn takes_traffic(&self, now: Instant) -> bool {
@@ -120,6 +159,8 @@ pub struct Service {
     pub health: HealthCheck,
     pub breaker: Breaker,
     pub budget: RetryBudget,
+    /// Time to upstream answer headers.
+    pub latency: Histogram,
 }
 
 impl Service {
@@ -128,8 +169,9 @@ impl Service {
             name: name.into(),
             instances,
             health: HealthCheck::default(),
-            breaker: Breaker::new(BreakerSettings::default()),
+            breaker: Breaker::new(BreakerSettings::default(), Gauge::default()),
             budget: RetryBudget::default(),
+            latency: kit::telemetry::latency_histogram(),
         }
     }
 
@@ -204,6 +246,7 @@ impl Service {
         let length = EJECTION_BASE.saturating_mul(times).min(EJECTION_MAX);
         *until = Some(now + length);
         instance.consecutive_failures.store(0, Ordering::Relaxed);
+        instance.ejected_total.inc();
         tracing::warn!(service = %self.name, instance = %instance.base, times, ejected_for_ms = length.as_millis() as u64, "instance ejected");
     }
 }

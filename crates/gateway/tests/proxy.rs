@@ -134,12 +134,9 @@ auth = "optional"
         b = users[1].url(""),
     );
     let config = Config::from_toml(&toml).unwrap();
-    let gateway = gateway::open(&config, kit::clock::system()).unwrap();
-    let router = gateway::public_router(
-        gateway,
-        &config.common().unwrap(),
-        kit::telemetry::Metrics::new("gateway"),
-    );
+    let metrics = kit::telemetry::Metrics::new("gateway");
+    let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
+    let router = gateway::public_router(gateway, &config.common().unwrap(), metrics);
     let [a, b] = users;
     Setup {
         gateway: TestServer::start(router).await,
@@ -294,5 +291,6 @@ fn the_shipped_routes_compile_against_the_shipped_services() {
     let settings = gateway::settings::GatewaySettings::default();
     let config = Config::from_toml("").unwrap();
     assert!(!settings.routes.is_empty());
-    gateway::open(&config, kit::clock::system()).unwrap();
+    let metrics = kit::telemetry::Metrics::new("gateway");
+    gateway::open(&config, kit::clock::system(), &metrics).unwrap();
 }

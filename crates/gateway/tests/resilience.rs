@@ -67,6 +67,22 @@ struct Setup {
     failing_hits: Arc<AtomicUsize>,
     broken: Arc<AtomicBool>,
     switchable_hits: Arc<AtomicUsize>,
+    metrics: kit::telemetry::Metrics,
+}
+
+impl Setup {
+    /// The sum of the exposed metric lines named `name` that contain
+    /// `label`; panics if there is none.
+    fn metric(&self, name: &str, label: &str) -> f64 {
+        let text = self.metrics.encode();
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "no {name} with {label} in:\n{text}");
+        values.iter().sum()
+    }
 }
 
 /// `flaky`: one instance gone, one fine. `failing`: one instance that
@@ -124,11 +140,9 @@ retries = 0
         switchable = switchable.url(""),
     );
     let config = Config::from_toml(&toml).unwrap();
-    let router = gateway::public_router(
-        gateway::open(&config, kit::clock::system()).unwrap(),
-        &config.common().unwrap(),
-        kit::telemetry::Metrics::new("gateway"),
-    );
+    let metrics = kit::telemetry::Metrics::new("gateway");
+    let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
+    let router = gateway::public_router(gateway, &config.common().unwrap(), metrics.clone());
     Setup {
         gateway: TestServer::start(router).await,
         _upstreams: vec![ok, failing, switchable],
@@ -136,6 +150,7 @@ retries = 0
         failing_hits,
         broken,
         switchable_hits,
+        metrics,
     }
 }
 
@@ -162,6 +177,12 @@ async fn safe_requests_are_retried_on_another_instance() {
         assert_eq!(keyed.status(), 200, "POST with a key {i}");
     }
     assert_eq!(setup.ok_hits.load(Ordering::SeqCst), 20);
+    let retried = setup.metric("tessera_gateway_retries_total", "route=\"flaky\"");
+    let unanswered = setup.metric("tessera_gateway_upstream_requests_total", "class=\"none\"");
+    assert_eq!(
+        retried, unanswered,
+        "every attempt on the gone instance was retried"
+    );
 }
 
 #[tokio::test]
@@ -229,6 +250,8 @@ async fn the_breaker_opens_refuses_fast_then_closes_once_probes_pass() {
         assert_eq!(response.status(), 500, "the upstream's own answer");
     }
     let opened = opened.expect("the breaker opened");
+    let state = |setup: &Setup| setup.metric("tessera_gateway_breaker_state", "switchable");
+    assert_eq!(state(&setup), 1.0, "open");
     assert_eq!(opened.headers()["retry-after"], "1");
     let problem: serde_json::Value = opened.json().await.unwrap();
     assert_eq!(problem["code"], "circuit_open");
@@ -246,6 +269,7 @@ async fn the_breaker_opens_refuses_fast_then_closes_once_probes_pass() {
     for _ in 0..10 {
         assert_eq!(get().await.unwrap().status(), 200, "probes passed: closed");
     }
+    assert_eq!(state(&setup), 0.0, "closed");
 }
 
 #[tokio::test]
@@ -268,6 +292,10 @@ async fn a_saturated_route_sheds_at_once_instead_of_queueing() {
     }
     let served = answers.iter().filter(|(status, _)| *status == 200).count();
     assert_eq!(served, 2, "{answers:?}");
+    assert_eq!(
+        setup.metric("tessera_gateway_shed_total", "route=\"slow\""),
+        4.0
+    );
     for (status, took) in &answers {
         if *status != 200 {
             assert_eq!(*status, 503);

@@ -185,6 +185,10 @@ async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
         }
     };
 
+    let route = match response.extensions().get::<telemetry::RouteName>() {
+        Some(name) => name.0.clone(),
+        None => route,
+    };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics
@@ -199,7 +203,7 @@ async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
         .latency
         .get_or_create(&RouteLabels {
             method: method.clone(),
-            route,
+            route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
     if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
@@ -207,6 +211,7 @@ async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
             trace_id = %trace.trace_id,
             request_id = %request_id,
             %method,
+            %route,
             %path,
             status,
             latency_us = elapsed.as_micros() as u64,

@@ -150,6 +150,17 @@ const LATENCY_BUCKETS_S: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// A latency histogram with the buckets every Tessera latency uses.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_S.into_iter())
+}
+
+/// The route a response belongs to, for metrics and the access log, when
+/// the router's matched path does not say it (the gateway's routes): put
+/// in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct RouteName(pub String);
+
 impl Metrics {
     pub fn new(role: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
@@ -162,7 +173,7 @@ impl Metrics {
         );
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: Family<RouteLabels, Histogram> =
-            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS_S.into_iter()));
+            Family::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
         registry.register(
             "http_requests",

@@ -165,13 +165,16 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
         "no metrics on the public port"
     );
     let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
     assert!(
         metrics
-            .text()
-            .await
-            .unwrap()
-            .contains("tessera_http_requests")
+            .lines()
+            .any(|l| l.starts_with("tessera_http_requests_total")
+                && l.contains("route=\"users-me\"")
+                && l.contains("status=\"200\"")),
+        "per-route counts: {metrics}"
     );
+    assert!(metrics.contains("tessera_gateway_upstream_requests_total"));
 
     let victim = pid_of(&entries, "gateway", 0);
     signal(victim, libc::SIGKILL);
