@@ -186,9 +186,9 @@ async fn check(gateway: &Gateway, base: &str, health: &HealthCheck) -> bool {
 
 /// The public port: every request goes to the proxy; no metrics, health
 /// or admin path is served here.
-pub fn public_router(gateway: Arc<Gateway>, common: &Common, metrics: Metrics) -> Router {
+pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
     let proxy = Router::new().fallback(proxy::handle).with_state(gateway);
-    kit::http::observed(proxy, &common.http, metrics)
+    kit::http::observed(proxy, metrics)
 }
 
 /// The admin port: `/metrics`, `/healthz`, `/readyz`.
@@ -215,7 +215,7 @@ pub async fn serve(config: &Config) -> Result<(), GatewayStartError> {
     let grace = std::time::Duration::from_millis(common.http.shutdown_grace_ms);
     let public = kit::http::serve(
         public,
-        public_router(gateway, &common, metrics.clone()),
+        public_router(gateway, metrics.clone()),
         kit::http::shutdown_signal(),
         grace,
     );

@@ -104,9 +104,20 @@ async fn forward(
         .get(&route.service)
         .ok_or_else(|| Problem::new(Code::Unavailable))?;
     let safe = retry::is_safe(request.method(), request.headers());
-    let prepared = prepare(request, peer, caller, route.body_max_bytes).await?;
-    service.budget.deposit();
+    // The route's timeout covers reading the body and the whole exchange.
     let deadline = tokio::time::Instant::now() + route.timeout;
+    let prepared = tokio::time::timeout_at(
+        deadline,
+        prepare(request, peer, caller, route.body_max_bytes),
+    )
+    .await
+    .map_err(|_| {
+        Problem::new(Code::Timeout).detail(format!(
+            "the request body did not arrive within {} ms",
+            route.timeout.as_millis()
+        ))
+    })??;
+    service.budget.deposit();
     let mut tried = Vec::new();
     let mut retries = 0;
     loop {
@@ -317,13 +328,12 @@ async fn prepare(
         .to_owned();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
+    let spoofed = |name: &HeaderName| name.as_str().starts_with(IDENTITY_HEADER_PREFIX);
+    if headers.keys().any(spoofed) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| spoofed(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
     if let Some(caller) = caller {
         if let Ok(user) = HeaderValue::from_str(&caller.subject) {

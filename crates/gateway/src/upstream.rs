@@ -187,23 +187,19 @@ impl Service {
     /// traffic again (better a chance than a certain 503).
     pub fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<InFlight> {
         let now = Instant::now();
-        let untried = |i: &&Arc<Instance>| !tried.iter().any(|t| Arc::ptr_eq(t, i));
-        let mut left: Vec<&Arc<Instance>> = self
-            .instances
-            .iter()
-            .filter(|i| i.takes_traffic(now))
-            .filter(untried)
-            .collect();
-        if !self.instances.iter().any(|i| i.takes_traffic(now)) {
-            left = self.instances.iter().filter(untried).collect();
-        }
-        let chosen = match left.len() {
+        let any_in = self.instances.iter().any(|i| i.takes_traffic(now));
+        let candidate = |i: &Arc<Instance>| {
+            (!any_in || i.takes_traffic(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, i))
+        };
+        // The n-th candidate, without collecting them (this runs per request).
+        let nth = |n: usize| self.instances.iter().filter(|i| candidate(i)).nth(n);
+        let chosen = match self.instances.iter().filter(|i| candidate(i)).count() {
             0 => return None,
-            1 => left[0],
+            1 => nth(0)?,
             n => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let (a, b) = (left[a], left[b]);
+                let (a, b) = (nth(a)?, nth(b)?);
                 if b.outstanding() < a.outstanding() {
                     b
                 } else {

@@ -84,9 +84,7 @@ async fn setup() -> Setup {
         TestServer::start(echo("users-a")).await,
         TestServer::start(echo("users-b")).await,
     ];
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead_url = format!("http://127.0.0.1:{}", kit::testing::free_port());
     let toml = format!(
         r#"
 [log]
@@ -136,7 +134,7 @@ auth = "optional"
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
-    let router = gateway::public_router(gateway, &config.common().unwrap(), metrics);
+    let router = gateway::public_router(gateway, metrics);
     let [a, b] = users;
     Setup {
         gateway: TestServer::start(router).await,

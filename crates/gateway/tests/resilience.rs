@@ -27,8 +27,7 @@ fn counting(status: StatusCode) -> (Router, Arc<AtomicUsize>) {
 }
 
 fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
+    format!("http://127.0.0.1:{}", kit::testing::free_port())
 }
 
 /// An upstream that answers 500 while `broken` is set, else 200; and,
@@ -142,7 +141,7 @@ retries = 0
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
-    let router = gateway::public_router(gateway, &config.common().unwrap(), metrics.clone());
+    let router = gateway::public_router(gateway, metrics.clone());
     Setup {
         gateway: TestServer::start(router).await,
         _upstreams: vec![ok, failing, switchable],

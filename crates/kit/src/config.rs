@@ -101,6 +101,8 @@ pub struct Common {
     pub log: LogSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
+    /// Threads that serve requests in `tessera serve`; 0 means one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for Common {
@@ -108,6 +110,7 @@ impl Default for Common {
         Self {
             data_dir: PathBuf::from("./tessera-data"),
             bus_url: String::new(),
+            worker_threads: 0,
             log: LogSettings::default(),
             http: HttpSettings::default(),
             auth: AuthSettings::default(),

@@ -122,25 +122,26 @@ pub fn service_router(
         .fallback(|| async { Problem::new(Code::NotFound) })
         .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
-    observed(api, settings, metrics)
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let api = api.layer(middleware::from_fn(move |req, next| {
+        enforce_timeout(timeout, req, next)
+    }));
+    observed(api, metrics)
 }
 
-/// `router` inside the request timeout and the observation layer (trace
-/// context, request id, access log, metrics, panics), without any endpoint
-/// of the kit's own: for a router that must not serve `/metrics`.
-pub fn observed(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    router
-        .layer(middleware::from_fn(move |req, next| {
-            enforce_timeout(timeout, req, next)
-        }))
-        .layer(middleware::from_fn(move |req, next| {
-            observe(metrics.clone(), req, next)
-        }))
+/// `router` inside the observation layer (trace context, request id,
+/// access log, metrics, panics), without any endpoint or timeout of the
+/// kit's own: for a router that must not serve `/metrics` and bounds its
+/// requests itself (the gateway, per route).
+pub fn observed(router: Router, metrics: Metrics) -> Router {
+    let metrics = Arc::new(metrics);
+    router.layer(middleware::from_fn(move |req, next| {
+        observe(metrics.clone(), req, next)
+    }))
 }
 
 /// Outermost layer: trace context, request id, access log, metrics, panics.
-async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
+async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let route = req
@@ -159,7 +160,12 @@ async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| {
+            let random = fastrand::u128(..).to_le_bytes();
+            uuid::Builder::from_random_bytes(random)
+                .into_uuid()
+                .to_string()
+        });
     let path = req.uri().path().to_owned();
 
     metrics.in_flight.inc();

@@ -4,7 +4,6 @@
 //! created) held in a task-local, so that logs, problem bodies and outgoing
 //! calls carry the same trace id without threading it through every call.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -47,8 +46,12 @@ pub struct TraceContext {
 impl TraceContext {
     /// Continues the caller's trace, or starts one when `traceparent` is
     /// missing or malformed (W3C says: restart, do not fail).
+    ///
+    /// Ids come from a fast per-thread generator, not the OS: they must be
+    /// unique and unguessable enough to correlate, not secret, and every
+    /// request makes one.
     pub fn continue_or_start(traceparent: Option<&str>) -> Self {
-        let span_id = hex(&crate::random_bytes::<8>());
+        let span_id = format!("{:016x}", fastrand::u64(1..));
         match traceparent.and_then(parse_traceparent) {
             Some((trace_id, sampled)) => Self {
                 trace_id,
@@ -56,7 +59,7 @@ impl TraceContext {
                 sampled,
             },
             None => Self {
-                trace_id: hex(&crate::random_bytes::<16>()),
+                trace_id: format!("{:032x}", fastrand::u128(1..)),
                 span_id,
                 sampled: true,
             },
@@ -92,14 +95,6 @@ fn parse_traceparent(value: &str) -> Option<(String, bool)> {
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
     Some((trace_id.to_owned(), sampled))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 tokio::task_local! {

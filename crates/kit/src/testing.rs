@@ -51,6 +51,14 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// A loopback port nothing listens on now (a moment later, someone may).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
 /// The URL of a real backend named by the environment variable `var`.
 /// Outside CI a missing variable skips the test with a message; in CI it
 /// fails, so that a suite never skips silently there.

@@ -84,7 +84,16 @@ fn load_config(file: Option<&PathBuf>, data_dir: Option<&PathBuf>) -> Result<Con
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(0)
+}
+
+/// A runtime with `worker_threads` threads, or one per core for 0.
+fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
@@ -96,8 +105,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve { role, config } => {
             let role = roles::find(&role)?;
             let config = load_config(config.as_ref(), None)?;
-            kit::telemetry::init_logs(&config.common().map_err(|e| e.to_string())?.log);
-            runtime()?.block_on((role.serve)(config))
+            let common = config.common().map_err(|e| e.to_string())?;
+            kit::telemetry::init_logs(&common.log);
+            runtime_with(common.worker_threads)?.block_on((role.serve)(config))
         }
         Command::Admin {
             task,

@@ -276,11 +276,7 @@ impl NatsServer {
             eprintln!("skipping: no nats-server (set TESSERA_TEST_NATS_SERVER)");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = kit::testing::free_port();
         let store = tempfile::tempdir().unwrap();
         let child = Self::spawn(&binary, port, store.path());
         Some(Self {

@@ -7,14 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `tessera serve ROLE` child, killed when dropped.
 struct Serve(Child);
 
@@ -60,7 +52,7 @@ async fn wait_ready(http: &reqwest::Client, url: &str) {
 async fn killing_one_of_three_replicas_under_load_fails_no_request() {
     let data_dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let users_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let users_ports: Vec<u16> = (0..3).map(|_| kit::testing::free_port()).collect();
     let mut users: Vec<Option<Serve>> = users_ports
         .iter()
         .map(|port| {
@@ -95,7 +87,7 @@ auth = "none"
         ),
     )
     .unwrap();
-    let (public, admin) = (free_port(), free_port());
+    let (public, admin) = (kit::testing::free_port(), kit::testing::free_port());
     let env: BTreeMap<String, String> = [
         ("TESSERA_GATEWAY__LISTEN", format!("127.0.0.1:{public}")),
         (

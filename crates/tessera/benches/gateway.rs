@@ -1,0 +1,260 @@
+//! Plain proxying of a small GET: straight to the upstream, through the
+//! gateway (`tessera serve gateway`), through nginx (and HAProxy) when
+//! installed, configured alike: one worker, keep-alive to the upstream, no
+//! access log. One load generator, rounds interleaved, medians printed with
+//! ratios against nginx.
+//!
+//! `cargo bench -p tessera --bench gateway`
+//! (BENCH_ROUNDS, default 5; BENCH_SECONDS per round and target, default
+//! 3; BENCH_CONNECTIONS, default 32). nginx and HAProxy are looked for on
+//! the PATH and in /usr/sbin; `apt-get install nginx-light haproxy` adds
+//! them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn find(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// A process of the benchmark's, stopped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` and waits until something listens on `port`.
+fn listening(mut command: Command, port: u16) -> (Proc, u16) {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
+}
+
+fn start_gateway(dir: &Path, upstream: u16) -> (Proc, u16) {
+    let (port, admin) = (kit::testing::free_port(), kit::testing::free_port());
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "worker_threads = 1\n[log]\nfilter = \"error\"\n\
+             [gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [gateway.services.bench]\nurls = [\"http://127.0.0.1:{upstream}\"]\n\
+             [[gateway.routes]]\nname = \"bench\"\npath = \"/bench\"\nservice = \"bench\"\nauth = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command.args(["serve", "gateway", "--config"]).arg(&config);
+    listening(command, port)
+}
+
+fn start_nginx(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
+    let port = kit::testing::free_port();
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let config = prefix.join("nginx.conf");
+    let p = prefix.display();
+    std::fs::write(
+        &config,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log error;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+               fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+               upstream bench {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n\
+                 location /bench {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(binary);
+    command.arg("-p").arg(&prefix).arg("-c").arg(&config);
+    listening(command, port)
+}
+
+fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
+    let port = kit::testing::free_port();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\n\
+             frontend bench\n  bind 127.0.0.1:{port}\n  default_backend upstream\n\n\
+             backend upstream\n  http-reuse always\n  server up 127.0.0.1:{upstream}\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(binary);
+    command.arg("-f").arg(&config);
+    listening(command, port)
+}
+
+struct Round {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+/// `connections` clients, each sending GETs back to back on its own
+/// keep-alive connection for `seconds`.
+async fn load(port: u16, connections: u64, seconds: u64) -> Round {
+    let url: http::Uri = format!("http://127.0.0.1:{port}/bench").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client: Client<_, Body> = Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(1)
+                    .build_http();
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let request = http::Request::get(url.clone()).body(Body::empty()).unwrap();
+                    match client.request(request).await {
+                        Ok(response) if response.status() == 200 => {
+                            let _ = response.into_body().collect().await;
+                            latencies.push(started.elapsed().as_micros() as u32);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for client in clients {
+        let (latencies, failed) = client.await.unwrap();
+        all.extend(latencies);
+        errors += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let at = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64;
+    Round {
+        per_s: all.len() as f64 / elapsed,
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        errors,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds = env_or("BENCH_ROUNDS", 5);
+    let seconds = env_or("BENCH_SECONDS", 3);
+    let connections = env_or("BENCH_CONNECTIONS", 32);
+    let dir = tempfile::tempdir().unwrap();
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let app = Router::new()
+        .route("/bench", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }));
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+
+    let mut targets: Vec<(&str, u16, Option<Proc>)> = vec![("direct", upstream_port, None)];
+    let (gateway, port) = start_gateway(dir.path(), upstream_port);
+    targets.push(("gateway", port, Some(gateway)));
+    match find("nginx") {
+        Some(nginx) => {
+            let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port);
+            targets.push(("nginx", port, Some(proc)));
+        }
+        None => println!("nginx not installed: skipped (apt-get install nginx-light)"),
+    }
+    match find("haproxy") {
+        Some(haproxy) => {
+            let (proc, port) = start_haproxy(&haproxy, dir.path(), upstream_port);
+            targets.push(("haproxy", port, Some(proc)));
+        }
+        None => println!("haproxy not installed: skipped (apt-get install haproxy)"),
+    }
+
+    println!(
+        "{rounds} rounds × {seconds} s per target, {connections} keep-alive connections, GET /bench (2-byte body)"
+    );
+    let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, (_, port, _)) in targets.iter().enumerate() {
+            results[i].push(load(*port, connections, seconds).await);
+        }
+    }
+    println!(
+        "{:<10} {:>12} {:>10} {:>10} {:>8}",
+        "", "requests/s", "p50 µs", "p99 µs", "errors"
+    );
+    let medians: Vec<(f64, f64, f64)> = results
+        .iter()
+        .map(|rounds| {
+            (
+                median(rounds.iter().map(|r| r.per_s).collect()),
+                median(rounds.iter().map(|r| r.p50_us).collect()),
+                median(rounds.iter().map(|r| r.p99_us).collect()),
+            )
+        })
+        .collect();
+    for ((name, _, _), ((per_s, p50, p99), rounds)) in
+        targets.iter().zip(medians.iter().zip(&results))
+    {
+        let errors: u64 = rounds.iter().map(|r| r.errors).sum();
+        println!("{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8}");
+    }
+    let gateway = medians[1];
+    for (i, (name, _, _)) in targets.iter().enumerate().skip(2) {
+        let other = medians[i];
+        println!(
+            "gateway / {name}: requests/s {:.3}, p99 {:.3} (target: requests/s ≥ 1, p99 ≤ 1)",
+            gateway.0 / other.0,
+            gateway.2 / other.2
+        );
+    }
+    println!(
+        "gateway / direct: requests/s {:.3}",
+        gateway.0 / medians[0].0
+    );
+}
