@@ -75,17 +75,13 @@ fn build(
     for (name, service) in &settings.services {
         let mut instances = Vec::new();
         for url in &service.urls {
-            let uri: http::Uri = url.parse().map_err(|_| GatewayStartError::Service {
-                service: name.clone(),
-                problem: format!("{url:?} is not a URL"),
-            })?;
-            if uri.scheme_str() != Some("http") || uri.path() != "/" {
-                return Err(GatewayStartError::Service {
+            let instance = Instance::counted(url, name, &counted).map_err(|problem| {
+                GatewayStartError::Service {
                     service: name.clone(),
-                    problem: format!("{url:?} must be http://host:port with no path"),
-                });
-            }
-            instances.push(Arc::new(Instance::counted(url, name, &counted)));
+                    problem,
+                }
+            })?;
+            instances.push(Arc::new(instance));
         }
         let refuse = |problem: &str| GatewayStartError::Service {
             service: name.clone(),

@@ -31,6 +31,9 @@ pub const EJECTED_SHARE_MAX: f64 = 0.5;
 pub struct Instance {
     /// `scheme://host:port`, no path.
     pub base: String,
+    /// `base`, parsed once.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
     outstanding: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
@@ -44,12 +47,22 @@ pub struct Instance {
 
 impl Instance {
     /// An instance whose counters are not registered anywhere.
-    pub fn new(base: &str) -> Self {
+    #[cfg(test)]
+    fn new(base: &str) -> Result<Self, String> {
         Self::counted(base, "", &GatewayMetrics::default())
     }
 
-    /// An instance of `service` counted in `metrics`.
-    pub fn counted(base: &str, service: &str, metrics: &GatewayMetrics) -> Self {
+    /// An instance of `service` counted in `metrics`; `base` must be
+    /// `http://host:port`.
+    pub fn counted(base: &str, service: &str, metrics: &GatewayMetrics) -> Result<Self, String> {
+        let uri: http::Uri = base.parse().map_err(|_| format!("{base:?} is not a URL"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(format!("{base:?} must be http://host:port"));
+        };
+        if uri.scheme_str() != Some("http") || uri.path() != "/" || uri.query().is_some() {
+            return Err(format!("{base:?} must be http://host:port with no path"));
+        }
+        let (scheme, authority) = (scheme.clone(), authority.clone());
         let base = base.trim_end_matches('/').to_owned();
         let answers = ANSWER_CLASSES.map(|class| {
             metrics
@@ -68,16 +81,18 @@ impl Instance {
                 instance: base.clone(),
             })
             .clone();
-        Self {
+        Ok(Self {
             answers,
             ejected_total,
+            scheme,
+            authority,
             base,
             outstanding: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
             healthy: AtomicBool::new(true),
-        }
+        })
     }
 
     pub fn outstanding(&self) -> usize {
@@ -256,8 +271,8 @@ mod tests {
         let service = Service::new(
             "s",
             vec![
-                Arc::new(Instance::new("http://a/")),
-                Arc::new(Instance::new("http://b")),
+                Arc::new(Instance::new("http://a/").unwrap()),
+                Arc::new(Instance::new("http://b").unwrap()),
             ],
         );
         assert_eq!(service.instances[0].base, "http://a");
@@ -276,8 +291,8 @@ mod tests {
         let service = Service::new(
             "s",
             vec![
-                Arc::new(Instance::new("http://a")),
-                Arc::new(Instance::new("http://b")),
+                Arc::new(Instance::new("http://a").unwrap()),
+                Arc::new(Instance::new("http://b").unwrap()),
             ],
         );
         let first = service.pick().unwrap();
@@ -294,7 +309,7 @@ mod tests {
             "s",
             instances
                 .iter()
-                .map(|b| Arc::new(Instance::new(b)))
+                .map(|b| Arc::new(Instance::new(b).unwrap()))
                 .collect(),
         )
     }
