@@ -11,12 +11,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kit::config::Config;
 
-/// mimalloc instead of the system allocator: the request path allocates
-/// and frees small buffers all the time, and glibc's malloc was a tenth of
-/// the gateway's time under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tessera",
