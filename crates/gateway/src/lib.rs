@@ -3,6 +3,7 @@
 //! instances chosen by power of two choices ([`upstream`]), and the proxy
 //! itself, one phase at a time ([`proxy`]).
 
+pub mod balance;
 pub mod breaker;
 pub mod metrics;
 pub mod path;
@@ -24,6 +25,7 @@ use kit::config::{Common, Config};
 use kit::http::Readiness;
 use kit::telemetry::Metrics;
 
+use crate::balance::Balance;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::metrics::{GatewayMetrics, ServiceLabel};
 use crate::proxy::Gateway;
@@ -101,6 +103,8 @@ fn build(
                 "breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0",
             ));
         }
+        let balance = Balance::parse(&service.balance, service.hash_key.as_deref(), &service.urls)
+            .map_err(|problem| refuse(&problem))?;
         let label = ServiceLabel {
             service: name.clone(),
         };
@@ -125,6 +129,7 @@ fn build(
                 health,
                 breaker,
                 latency: counted.upstream_latency.get_or_create(&label).clone(),
+                balance,
                 ..Service::new(name, instances)
             },
         );

@@ -123,8 +123,8 @@ async fn forward(
     loop {
         // Another instance if there is one left; else any.
         let in_flight = service
-            .pick_except(&tried)
-            .or_else(|| service.pick())
+            .pick_except(&tried, &prepared.headers)
+            .or_else(|| service.pick(&prepared.headers))
             .ok_or_else(|| {
                 Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
             })?;

@@ -51,6 +51,17 @@ pub struct ServiceSettings {
     pub breaker_open_ms: u64,
     #[serde(default = "default_breaker_probes")]
     pub breaker_probes: u32,
+    /// `least_outstanding` (two at random, the less busy wins),
+    /// `round_robin`, or `hash` with `hash_key` (`header:NAME` or
+    /// `cookie:NAME`): one key, one instance while it takes traffic.
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    #[serde(default)]
+    pub hash_key: Option<String>,
+}
+
+fn default_balance() -> String {
+    "least_outstanding".into()
 }
 
 fn default_breaker_failure_ratio() -> f64 {
@@ -108,6 +119,8 @@ impl Default for GatewaySettings {
             breaker_window_ms: default_breaker_window_ms(),
             breaker_open_ms: default_breaker_open_ms(),
             breaker_probes: default_breaker_probes(),
+            balance: default_balance(),
+            hash_key: None,
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

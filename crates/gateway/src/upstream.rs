@@ -10,6 +10,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use http::HeaderMap;
+
+use crate::balance::Balance;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::metrics::{ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, answer_class};
 use crate::retry::RetryBudget;
@@ -176,6 +179,7 @@ pub struct Service {
     pub budget: RetryBudget,
     /// Time to upstream answer headers.
     pub latency: Histogram,
+    pub balance: Balance,
 }
 
 impl Service {
@@ -183,6 +187,7 @@ impl Service {
         Self {
             name: name.into(),
             instances,
+            balance: Balance::LeastOutstanding,
             health: HealthCheck::default(),
             breaker: Breaker::new(BreakerSettings::default(), Gauge::default()),
             budget: RetryBudget::default(),
@@ -190,22 +195,32 @@ impl Service {
         }
     }
 
-    /// Power of two choices on least outstanding requests: two instances at
-    /// random, the less busy one wins. None when there is no instance.
-    pub fn pick(&self) -> Option<InFlight> {
-        self.pick_except(&[])
+    /// An instance for a request with `headers`, by the service's
+    /// [`Balance`]; least outstanding requests of two at random when that
+    /// leaves the choice open. None when there is no instance.
+    pub fn pick(&self, headers: &HeaderMap) -> Option<InFlight> {
+        self.pick_except(&[], headers)
     }
 
     /// As [`Service::pick`], among the instances not in `tried` (a retry
     /// goes elsewhere). None when none is left. Ejected and unhealthy
     /// instances are left out, unless every instance is: then all take
     /// traffic again (better a chance than a certain 503).
-    pub fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<InFlight> {
+    pub fn pick_except(&self, tried: &[Arc<Instance>], headers: &HeaderMap) -> Option<InFlight> {
         let now = Instant::now();
         let any_in = self.instances.iter().any(|i| i.takes_traffic(now));
         let candidate = |i: &Arc<Instance>| {
             (!any_in || i.takes_traffic(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, i))
         };
+        let count = self.instances.len();
+        let by_policy = self
+            .balance
+            .choose(headers, count, |i| candidate(&self.instances[i]));
+        if let Some(i) = by_policy {
+            let chosen = &self.instances[i];
+            chosen.outstanding.fetch_add(1, Ordering::Relaxed);
+            return Some(InFlight(chosen.clone()));
+        }
         // The n-th candidate, without collecting them (this runs per request).
         let nth = |n: usize| self.instances.iter().filter(|i| candidate(i)).nth(n);
         let chosen = match self.instances.iter().filter(|i| candidate(i)).count() {
@@ -276,10 +291,10 @@ mod tests {
             ],
         );
         assert_eq!(service.instances[0].base, "http://a");
-        let busy = service.pick().unwrap();
+        let busy = service.pick(&HeaderMap::new()).unwrap();
         // With two instances both are always compared: the idle one wins.
         for _ in 0..20 {
-            let next = service.pick().unwrap();
+            let next = service.pick(&HeaderMap::new()).unwrap();
             assert!(!Arc::ptr_eq(next.instance(), busy.instance()));
         }
         drop(busy);
@@ -295,12 +310,14 @@ mod tests {
                 Arc::new(Instance::new("http://b").unwrap()),
             ],
         );
-        let first = service.pick().unwrap();
-        let other = service.pick_except(&[first.instance().clone()]).unwrap();
+        let first = service.pick(&HeaderMap::new()).unwrap();
+        let other = service
+            .pick_except(&[first.instance().clone()], &HeaderMap::new())
+            .unwrap();
         assert!(!Arc::ptr_eq(other.instance(), first.instance()));
         let both = [first.instance().clone(), other.instance().clone()];
-        assert!(service.pick_except(&both).is_none());
-        assert!(Service::new("e", vec![]).pick().is_none());
+        assert!(service.pick_except(&both, &HeaderMap::new()).is_none());
+        assert!(Service::new("e", vec![]).pick(&HeaderMap::new()).is_none());
     }
 
     fn three() -> Service {
@@ -330,7 +347,7 @@ mod tests {
         assert!(a.is_ejected(Instant::now()));
         assert_eq!(a.ejections(), 1);
         for _ in 0..100 {
-            let picked = service.pick().unwrap();
+            let picked = service.pick(&HeaderMap::new()).unwrap();
             assert!(
                 !Arc::ptr_eq(picked.instance(), &a),
                 "an ejected instance takes nothing"
@@ -351,10 +368,13 @@ mod tests {
         service.instances[0].set_healthy(false);
         service.instances[1].set_healthy(false);
         for _ in 0..50 {
-            let picked = service.pick().unwrap();
+            let picked = service.pick(&HeaderMap::new()).unwrap();
             assert!(Arc::ptr_eq(picked.instance(), &service.instances[2]));
         }
         service.instances[2].set_healthy(false);
-        assert!(service.pick().is_some(), "all down: all take traffic again");
+        assert!(
+            service.pick(&HeaderMap::new()).is_some(),
+            "all down: all take traffic again"
+        );
     }
 }

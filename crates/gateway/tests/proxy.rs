@@ -97,6 +97,13 @@ urls = ["{identity}"]
 urls = ["{a}", "{b}"]
 [gateway.services.orders]
 urls = ["{dead_url}"]
+[gateway.services.sticky]
+urls = ["{a}", "{b}"]
+balance = "hash"
+hash_key = "header:x-tessera-user"
+[gateway.services.turns]
+urls = ["{a}", "{b}"]
+balance = "round_robin"
 [[gateway.routes]]
 name = "auth"
 prefix = "/api/v1/auth/"
@@ -120,6 +127,15 @@ path = "/api/v1/users/{{id}}"
 methods = ["GET"]
 service = "users"
 roles = ["admin"]
+[[gateway.routes]]
+name = "sticky"
+prefix = "/sticky/"
+service = "sticky"
+[[gateway.routes]]
+name = "turns"
+prefix = "/turns/"
+service = "turns"
+auth = "none"
 [[gateway.routes]]
 name = "orders"
 prefix = "/api/v1/orders/"
@@ -291,4 +307,33 @@ fn the_shipped_routes_compile_against_the_shipped_services() {
     assert!(!settings.routes.is_empty());
     let metrics = kit::telemetry::Metrics::new("gateway");
     gateway::open(&config, kit::clock::system(), &metrics).unwrap();
+}
+
+#[tokio::test]
+async fn balancing_by_round_robin_and_by_the_verified_user() {
+    let setup = setup().await;
+    let mut turns = Vec::new();
+    for _ in 0..4 {
+        let echoed: Value = setup.get("/turns/x", None).await.json().await.unwrap();
+        turns.push(echoed["upstream"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(turns[0], turns[1], "{turns:?}");
+    assert_eq!((&turns[0], &turns[1]), (&turns[2], &turns[3]), "{turns:?}");
+
+    // The key is the gateway's own x-tessera-user, from the verified
+    // token: a client cannot pick its instance by sending the header.
+    let token = token(&["user"]);
+    let first = setup.echoed("/sticky/x", &token).await["upstream"].clone();
+    for i in 0..20 {
+        let spoofed = setup
+            .http
+            .get(setup.gateway.url("/sticky/x"))
+            .bearer_auth(&token)
+            .header("x-tessera-user", format!("someone-{i}"))
+            .send()
+            .await
+            .unwrap();
+        let echoed: Value = spoofed.json().await.unwrap();
+        assert_eq!(echoed["upstream"], first, "one user, one instance");
+    }
 }
