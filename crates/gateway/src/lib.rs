@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod routes;
 pub mod settings;

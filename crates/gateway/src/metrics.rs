@@ -46,6 +46,7 @@ pub struct GatewayMetrics {
     pub upstream_latency: Family<ServiceLabel, Histogram>,
     pub retries: Family<RouteLabel, Counter>,
     pub shed: Family<RouteLabel, Counter>,
+    pub rate_limited: Family<RouteLabel, Counter>,
     pub ejections: Family<InstanceLabels, Counter>,
     pub breaker_state: Family<ServiceLabel, Gauge>,
 }
@@ -58,6 +59,7 @@ impl Default for GatewayMetrics {
             upstream_latency: Family::new_with_constructor(kit::telemetry::latency_histogram),
             retries: Family::default(),
             shed: Family::default(),
+            rate_limited: Family::default(),
             ejections: Family::default(),
             breaker_state: Family::default(),
         }
@@ -87,6 +89,11 @@ impl GatewayMetrics {
             "gateway_shed",
             "Requests refused at a route's concurrency limit",
             this.shed.clone(),
+        );
+        metrics.register(
+            "gateway_rate_limited",
+            "Requests refused by a route's rate limit",
+            this.rate_limited.clone(),
         );
         metrics.register(
             "gateway_ejections",

@@ -18,6 +18,7 @@ use kit::auth::{Principal, TokenVerifier};
 use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 
+use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
 use crate::upstream::{Instance, Service};
 use crate::{path, retry};
@@ -99,6 +100,24 @@ async fn forward(
             .retry_after_s(1)
     })?;
     let caller = authenticate(gateway, route, request.headers()).await?;
+    if let Some(limiter) = &route.rate_limiter {
+        let ip;
+        let key = match (limiter.key, &caller) {
+            (LimitKey::User, Some(caller)) => caller.subject.as_str(),
+            _ => {
+                ip = peer.ip().to_string();
+                ip.as_str()
+            }
+        };
+        limiter
+            .check(key, std::time::Instant::now())
+            .map_err(|wait| {
+                route.rate_limited.inc();
+                Problem::new(Code::RateLimited)
+                    .detail(format!("route {} allows no more now", route.name))
+                    .retry_after_s(wait.as_secs_f64().ceil() as u64)
+            })?;
+    }
     let service = gateway
         .services
         .get(&route.service)

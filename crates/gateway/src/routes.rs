@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{GatewayMetrics, RouteLabel};
+use crate::ratelimit::{LimitKey, RateLimitConfig, RateLimiter};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -76,6 +77,9 @@ pub struct RouteConfig {
     /// `overloaded` at once, never queued.
     #[serde(default = "default_concurrency_max")]
     pub concurrency_max: usize,
+    /// Requests per caller (user or IP); beyond, 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 fn default_concurrency_max() -> usize {
@@ -105,7 +109,7 @@ fn default_body_max_bytes() -> usize {
 }
 
 /// A compiled route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     pub name: String,
     /// The path as declared, for metrics labels.
@@ -125,6 +129,8 @@ pub struct Route {
     /// Counts retries and shed requests (`tessera_gateway_retries`, `_shed`).
     pub retried: Counter,
     pub shed: Counter,
+    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limited: Counter,
 }
 
 impl Route {
@@ -217,6 +223,19 @@ impl RouteTable {
             if config.concurrency_max == 0 || config.concurrency_max > Semaphore::MAX_PERMITS {
                 return Err(error("concurrency_max must be > 0".into()));
             }
+            let rate_limiter = config
+                .rate_limit
+                .as_ref()
+                .map(RateLimiter::new)
+                .transpose()
+                .map_err(error)?;
+            if rate_limiter
+                .as_ref()
+                .is_some_and(|l| l.key == LimitKey::User)
+                && config.auth == AuthPolicy::None
+            {
+                return Err(error("a rate limit by user needs auth".into()));
+            }
             if config.retries > RETRIES_MAX {
                 return Err(error(format!("retries must be at most {RETRIES_MAX}")));
             }
@@ -270,6 +289,8 @@ impl RouteTable {
                 concurrency: Arc::new(Semaphore::new(config.concurrency_max)),
                 retried: metrics.retries.get_or_create(&label).clone(),
                 shed: metrics.shed.get_or_create(&label).clone(),
+                rate_limiter,
+                rate_limited: metrics.rate_limited.get_or_create(&label).clone(),
             });
         }
         let mut paths = matchit::Router::new();
@@ -335,6 +356,7 @@ mod tests {
             retry_backoff_ms: 25,
             body_max_bytes: 1024,
             concurrency_max: 8,
+            rate_limit: None,
         }
     }
 

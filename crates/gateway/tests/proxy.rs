@@ -50,7 +50,14 @@ fn echo(name: &'static str) -> Router {
         .fallback(echo)
 }
 
+const ADA: &str = "01a210d3-f91f-76db-ba7d-f3c58371376b";
+
 fn token(roles: &[&str]) -> String {
+    token_of(ADA, roles)
+}
+
+/// An access token for `subject`, signed as identity would.
+fn token_of(subject: &str, roles: &[&str]) -> String {
     let now = kit::clock::system().now_s();
     let settings = kit::config::AuthSettings::default();
     kit::auth::sign(
@@ -59,7 +66,7 @@ fn token(roles: &[&str]) -> String {
         &AccessClaims {
             iss: settings.issuer,
             aud: settings.audience,
-            sub: "01a210d3-f91f-76db-ba7d-f3c58371376b".into(),
+            sub: subject.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             exp: now + 300,
             iat: now,
@@ -136,6 +143,17 @@ name = "turns"
 prefix = "/turns/"
 service = "turns"
 auth = "none"
+[[gateway.routes]]
+name = "limited-by-ip"
+prefix = "/limited/ip/"
+service = "turns"
+auth = "none"
+rate_limit = {{ per_second = 1, burst = 3, key = "ip" }}
+[[gateway.routes]]
+name = "limited-by-user"
+prefix = "/limited/user/"
+service = "turns"
+rate_limit = {{ per_second = 1, burst = 2, key = "user" }}
 [[gateway.routes]]
 name = "orders"
 prefix = "/api/v1/orders/"
@@ -336,4 +354,32 @@ async fn balancing_by_round_robin_and_by_the_verified_user() {
         let echoed: Value = spoofed.json().await.unwrap();
         assert_eq!(echoed["upstream"], first, "one user, one instance");
     }
+}
+
+#[tokio::test]
+async fn rate_limits_count_per_client_ip_or_per_verified_user() {
+    let setup = setup().await;
+    for _ in 0..3 {
+        assert_eq!(setup.get("/limited/ip/x", None).await.status(), 200);
+    }
+    let limited = setup.get("/limited/ip/x", None).await;
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_problem(limited, 429, "rate_limited").await;
+
+    let ada = token(&["user"]);
+    let bo = token_of("01a210d3-f91f-76db-ba7d-000000000b0b", &["user"]);
+    for _ in 0..2 {
+        assert_eq!(setup.get("/limited/user/x", Some(&ada)).await.status(), 200);
+    }
+    assert_problem(
+        setup.get("/limited/user/x", Some(&ada)).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+    assert_eq!(
+        setup.get("/limited/user/x", Some(&bo)).await.status(),
+        200,
+        "another user, same IP: a limit of their own"
+    );
 }
