@@ -30,6 +30,7 @@ use crate::balance::Balance;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::metrics::{GatewayMetrics, ServiceLabel};
 use crate::proxy::Gateway;
+use crate::retry::RetryBudget;
 use crate::routes::RouteTable;
 use crate::settings::GatewaySettings;
 use crate::upstream::{HealthCheck, Instance, Service};
@@ -76,23 +77,19 @@ fn build(
     let table = RouteTable::compile(&settings.routes, &names, &counted)?;
     let mut services = std::collections::BTreeMap::new();
     for (name, service) in &settings.services {
-        let mut instances = Vec::new();
-        for url in &service.urls {
-            let instance = Instance::counted(url, name, &counted).map_err(|problem| {
-                GatewayStartError::Service {
-                    service: name.clone(),
-                    problem,
-                }
-            })?;
-            instances.push(Arc::new(instance));
-        }
-        let refuse = |problem: &str| GatewayStartError::Service {
+        let refuse = |problem: String| GatewayStartError::Service {
             service: name.clone(),
-            problem: problem.into(),
+            problem,
         };
+        let instances = service
+            .urls
+            .iter()
+            .map(|url| Instance::counted(url, name, &counted).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(refuse)?;
         if service.health_interval_ms == 0 || service.health_timeout_ms == 0 {
             return Err(refuse(
-                "health_interval_ms and health_timeout_ms must be > 0",
+                "health_interval_ms and health_timeout_ms must be > 0".into(),
             ));
         }
         if !(service.breaker_failure_ratio > 0.0 && service.breaker_failure_ratio <= 1.0)
@@ -101,11 +98,11 @@ fn build(
             || service.breaker_probes == 0
         {
             return Err(refuse(
-                "breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0",
+                "breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0".into(),
             ));
         }
         let balance = Balance::parse(&service.balance, service.hash_key.as_deref(), &service.urls)
-            .map_err(|problem| refuse(&problem))?;
+            .map_err(refuse)?;
         let label = ServiceLabel {
             service: name.clone(),
         };
@@ -127,11 +124,13 @@ fn build(
         services.insert(
             name.clone(),
             Service {
+                name: name.clone(),
+                instances,
                 health,
                 breaker,
+                budget: RetryBudget::default(),
                 latency: counted.upstream_latency.get_or_create(&label).clone(),
                 balance,
-                ..Service::new(name, instances)
             },
         );
     }

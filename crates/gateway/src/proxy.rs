@@ -97,7 +97,7 @@ async fn forward(
         route.shed.inc();
         Problem::new(Code::Overloaded)
             .detail(format!("route {} is at its concurrency limit", route.name))
-            .retry_after_s(1)
+            .retry_after(kit::problem::RETRY_SOON)
     })?;
     let caller = authenticate(gateway, route, request.headers()).await?;
     if let Some(limiter) = &route.rate_limiter {
@@ -115,7 +115,7 @@ async fn forward(
                 route.rate_limited.inc();
                 Problem::new(Code::RateLimited)
                     .detail(format!("route {} allows no more now", route.name))
-                    .retry_after_s(wait.as_secs_f64().ceil() as u64)
+                    .retry_after(wait)
             })?;
     }
     let service = gateway
@@ -154,7 +154,7 @@ async fn forward(
                     "{} is failing; requests to it are refused",
                     service.name
                 ))
-                .retry_after_s(wait.as_secs_f64().ceil() as u64)
+                .retry_after(wait)
         })?;
         let sent = gateway.client.request(prepared.to(in_flight.instance())?);
         let started = std::time::Instant::now();

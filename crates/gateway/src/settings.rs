@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use crate::breaker::BreakerSettings;
 use crate::routes::RouteConfig;
+use crate::upstream::HealthCheck;
 
 /// The routes the gateway ships with: every public route of the system.
 pub const DEFAULT_ROUTES: &str = include_str!("../routes.toml");
@@ -65,35 +67,35 @@ fn default_balance() -> String {
 }
 
 fn default_breaker_failure_ratio() -> f64 {
-    0.5
+    BreakerSettings::default().failure_ratio
 }
 
 fn default_breaker_min_requests() -> u32 {
-    20
+    BreakerSettings::default().min_requests
 }
 
 fn default_breaker_window_ms() -> u64 {
-    10_000
+    BreakerSettings::default().window.as_millis() as u64
 }
 
 fn default_breaker_open_ms() -> u64 {
-    5_000
+    BreakerSettings::default().open_for.as_millis() as u64
 }
 
 fn default_breaker_probes() -> u32 {
-    3
+    BreakerSettings::default().probes
 }
 
 fn default_health_path() -> String {
-    "/readyz".into()
+    HealthCheck::default().path
 }
 
 fn default_health_interval_ms() -> u64 {
-    5_000
+    HealthCheck::default().interval.as_millis() as u64
 }
 
 fn default_health_timeout_ms() -> u64 {
-    1_000
+    HealthCheck::default().timeout.as_millis() as u64
 }
 
 #[derive(Deserialize)]

@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use http::HeaderMap;
 
 use crate::balance::Balance;
-use crate::breaker::{Breaker, BreakerSettings};
+use crate::breaker::Breaker;
 use crate::metrics::{ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, answer_class};
 use crate::retry::RetryBudget;
 
@@ -183,18 +182,6 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
-        Self {
-            name: name.into(),
-            instances,
-            balance: Balance::LeastOutstanding,
-            health: HealthCheck::default(),
-            breaker: Breaker::new(BreakerSettings::default(), Gauge::default()),
-            budget: RetryBudget::default(),
-            latency: kit::telemetry::latency_histogram(),
-        }
-    }
-
     /// An instance for a request with `headers`, by the service's
     /// [`Balance`]; least outstanding requests of two at random when that
     /// leaves the choice open. None when there is no instance.
@@ -280,6 +267,23 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::BreakerSettings;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    impl Service {
+        /// A service with default policies and unregistered metrics.
+        fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
+            Self {
+                name: name.into(),
+                instances,
+                balance: Balance::LeastOutstanding,
+                health: HealthCheck::default(),
+                breaker: Breaker::new(BreakerSettings::default(), Gauge::default()),
+                budget: RetryBudget::default(),
+                latency: kit::telemetry::latency_histogram(),
+            }
+        }
+    }
 
     #[test]
     fn the_less_busy_of_two_wins_and_release_counts_down() {

@@ -10,6 +10,10 @@ use utoipa::ToSchema;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// The `Retry-After` of a refusal that should pass soon (a saturated pool,
+/// a store that failed this request), when nothing better is known.
+pub const RETRY_SOON: std::time::Duration = std::time::Duration::from_secs(1);
+
 macro_rules! codes {
     ($($variant:ident => ($status:expr, $code:literal, $title:literal),)+) => {
         /// Every error code any Tessera service answers with.
@@ -120,10 +124,12 @@ impl Problem {
         self
     }
 
-    /// `Retry-After` in whole seconds, at least one.
-    pub fn retry_after_s(mut self, seconds: u64) -> Self {
+    /// `Retry-After` for `wait`, in whole seconds rounded up, at least one
+    /// ([`RETRY_SOON`] when nothing better is known).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let seconds = (wait.as_secs_f64().ceil() as u64).max(1);
         self.headers
-            .push((header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
+            .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
         self
     }
 

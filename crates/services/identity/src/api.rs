@@ -49,11 +49,13 @@ impl From<IdentityError> for Problem {
                 .detail("the refresh token is invalid, expired, already used or revoked"),
             IdentityError::RateLimited { retry_after } => Problem::new(Code::RateLimited)
                 .detail("too many failed logins; wait before trying again")
-                .retry_after_s(retry_after.as_secs_f64().ceil() as u64),
-            IdentityError::Overloaded => Problem::new(Code::Overloaded).retry_after_s(1),
+                .retry_after(retry_after),
+            IdentityError::Overloaded => {
+                Problem::new(Code::Overloaded).retry_after(kit::problem::RETRY_SOON)
+            }
             IdentityError::Unavailable(reason) => {
                 tracing::error!(%reason, "identity dependency failed");
-                Problem::new(Code::Unavailable).retry_after_s(1)
+                Problem::new(Code::Unavailable).retry_after(kit::problem::RETRY_SOON)
             }
         }
     }

@@ -52,7 +52,7 @@ impl From<UsersError> for Problem {
             ),
             UsersError::Unavailable(reason) => {
                 tracing::error!(%reason, "users dependency failed");
-                Problem::new(Code::Unavailable).retry_after_s(1)
+                Problem::new(Code::Unavailable).retry_after(kit::problem::RETRY_SOON)
             }
         }
     }
