@@ -55,37 +55,25 @@ fn hash(value: &str) -> u64 {
     hasher.finish()
 }
 
+/// Points on a hash ring, each naming an instance by its index; sorted by
+/// point. Empty unless the policy is [`Balance::Hash`].
+pub type Ring = Vec<(u64, usize)>;
+
 #[derive(Debug)]
 pub enum Balance {
     LeastOutstanding,
     RoundRobin(AtomicUsize),
-    /// `ring`: (point, instance index), sorted by point.
-    Hash {
-        key: HashKey,
-        ring: Vec<(u64, usize)>,
-    },
+    Hash(HashKey),
 }
 
 impl Balance {
     /// From the service's settings: `least_outstanding`, `round_robin`, or
     /// `hash` with a `hash_key`.
-    pub fn parse(name: &str, hash_key: Option<&str>, instances: &[String]) -> Result<Self, String> {
+    pub fn parse(name: &str, hash_key: Option<&str>) -> Result<Self, String> {
         match (name, hash_key) {
             ("least_outstanding", None) => Ok(Self::LeastOutstanding),
             ("round_robin", None) => Ok(Self::RoundRobin(AtomicUsize::new(0))),
-            ("hash", Some(key)) => {
-                let key = HashKey::parse(key)?;
-                let mut ring: Vec<(u64, usize)> = instances
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, base)| {
-                        (0..RING_POINTS_PER_INSTANCE)
-                            .map(move |p| (hash(&format!("{base}#{p}")), i))
-                    })
-                    .collect();
-                ring.sort_unstable();
-                Ok(Self::Hash { key, ring })
-            }
+            ("hash", Some(key)) => Ok(Self::Hash(HashKey::parse(key)?)),
             ("hash", None) => Err("balance = \"hash\" needs a hash_key".into()),
             (_, Some(_)) => Err("hash_key goes with balance = \"hash\"".into()),
             (other, None) => Err(format!(
@@ -94,12 +82,30 @@ impl Balance {
         }
     }
 
-    /// The instance (an index) for a request, among `count` instances of
-    /// which `candidate` says which may take it; `None` leaves the choice
-    /// to least outstanding.
+    /// The ring of `instances` (their base URLs, in index order), built
+    /// when they change: a point depends only on its instance's URL, so an
+    /// instance coming or going moves only its own keys.
+    pub fn ring<'a>(&self, instances: impl Iterator<Item = &'a str>) -> Ring {
+        if !matches!(self, Self::Hash(_)) {
+            return Ring::new();
+        }
+        let mut ring: Ring = instances
+            .enumerate()
+            .flat_map(|(i, base)| {
+                (0..RING_POINTS_PER_INSTANCE).map(move |p| (hash(&format!("{base}#{p}")), i))
+            })
+            .collect();
+        ring.sort_unstable();
+        ring
+    }
+
+    /// The instance (an index) for a request, among `count` instances
+    /// (whose ring is `ring`) of which `candidate` says which may take it;
+    /// `None` leaves the choice to least outstanding.
     pub fn choose(
         &self,
         headers: &HeaderMap,
+        ring: &[(u64, usize)],
         count: usize,
         candidate: impl Fn(usize) -> bool,
     ) -> Option<usize> {
@@ -111,7 +117,7 @@ impl Balance {
                     .map(|i| (start + i) % count)
                     .find(|&i| candidate(i))
             }
-            Self::Hash { key, ring } => {
+            Self::Hash(key) => {
                 let point = hash(key.of(headers)?);
                 let start = ring.partition_point(|(p, _)| *p < point);
                 (0..ring.len())
@@ -126,8 +132,9 @@ impl Balance {
 mod tests {
     use super::*;
 
-    fn instances(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("http://10.0.0.{i}:80")).collect()
+    fn ring(balance: &Balance, n: usize) -> Ring {
+        let bases: Vec<String> = (0..n).map(|i| format!("http://10.0.0.{i}:80")).collect();
+        balance.ring(bases.iter().map(String::as_str))
     }
 
     fn with_user(user: &str) -> HeaderMap {
@@ -142,14 +149,14 @@ mod tests {
 
     #[test]
     fn round_robin_takes_each_in_turn_skipping_those_out() {
-        let balance = Balance::parse("round_robin", None, &instances(3)).unwrap();
+        let balance = Balance::parse("round_robin", None).unwrap();
         let none = HeaderMap::new();
         let picks: Vec<_> = (0..6)
-            .map(|_| balance.choose(&none, 3, |_| true).unwrap())
+            .map(|_| balance.choose(&none, &[], 3, |_| true).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         let picks: Vec<_> = (0..4)
-            .map(|_| balance.choose(&none, 3, |i| i != 1).unwrap())
+            .map(|_| balance.choose(&none, &[], 3, |i| i != 1).unwrap())
             .collect();
         assert!(!picks.contains(&1));
     }
@@ -157,14 +164,16 @@ mod tests {
     #[test]
     fn a_key_sticks_to_an_instance_and_a_leaving_one_moves_only_its_keys() {
         for key in ["header:x-user", "cookie:session"] {
-            let balance = Balance::parse("hash", Some(key), &instances(4)).unwrap();
+            let balance = Balance::parse("hash", Some(key)).unwrap();
+            let ring = ring(&balance, 4);
             let users: Vec<String> = (0..400).map(|u| format!("user-{u}")).collect();
             let before: Vec<usize> = users
                 .iter()
-                .map(|u| balance.choose(&with_user(u), 4, |_| true).unwrap())
+                .map(|u| balance.choose(&with_user(u), &ring, 4, |_| true).unwrap())
                 .collect();
             for (u, &i) in users.iter().zip(&before) {
-                assert_eq!(balance.choose(&with_user(u), 4, |_| true), Some(i), "{key}");
+                let again = balance.choose(&with_user(u), &ring, 4, |_| true);
+                assert_eq!(again, Some(i), "{key}");
             }
             let per_instance: Vec<usize> = (0..4)
                 .map(|i| before.iter().filter(|&&b| b == i).count())
@@ -175,7 +184,7 @@ mod tests {
             );
             let after: Vec<usize> = users
                 .iter()
-                .map(|u| balance.choose(&with_user(u), 4, |i| i != 2).unwrap())
+                .map(|u| balance.choose(&with_user(u), &ring, 4, |i| i != 2).unwrap())
                 .collect();
             for (b, a) in before.iter().zip(&after) {
                 if *b != 2 {
@@ -183,9 +192,9 @@ mod tests {
                 }
             }
         }
-        let balance = Balance::parse("hash", Some("header:x-user"), &instances(2)).unwrap();
+        let balance = Balance::parse("hash", Some("header:x-user")).unwrap();
         assert_eq!(
-            balance.choose(&HeaderMap::new(), 2, |_| true),
+            balance.choose(&HeaderMap::new(), &ring(&balance, 2), 2, |_| true),
             None,
             "no key: least outstanding"
         );
@@ -200,10 +209,7 @@ mod tests {
             ("hash", Some("query:x")),
             ("hash", Some("header:bad name")),
         ] {
-            assert!(
-                Balance::parse(name, key, &instances(2)).is_err(),
-                "{name} {key:?}"
-            );
+            assert!(Balance::parse(name, key).is_err(), "{name} {key:?}");
         }
     }
 }

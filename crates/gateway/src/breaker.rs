@@ -40,7 +40,8 @@ impl Default for BreakerSettings {
 }
 
 /// What the breaker is doing, for metrics and the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
     Open,

@@ -40,7 +40,7 @@ pub fn answer_class(status: Option<u16>) -> usize {
     status.map_or(0, |s| usize::from(s / 100).clamp(1, 5))
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct GatewayMetrics {
     pub upstream_requests: Family<AnswerLabels, Counter>,
     pub upstream_latency: Family<ServiceLabel, Histogram>,

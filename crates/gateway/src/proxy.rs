@@ -12,15 +12,14 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use kit::auth::{Principal, TokenVerifier};
+use kit::auth::Principal;
 use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
-use crate::upstream::{Instance, Service};
+use crate::state::{Gateway, Snapshot};
+use crate::upstream::Instance;
 use crate::{path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
@@ -42,14 +41,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// What the proxy needs, shared by every request.
-pub struct Gateway {
-    pub table: RouteTable,
-    pub services: std::collections::BTreeMap<String, Service>,
-    pub verifier: Arc<TokenVerifier>,
-    pub client: Client<HttpConnector, Body>,
-}
-
 /// The one handler of the public port. Its responses carry the route's
 /// name, for the kit's metrics and access log.
 pub async fn handle(
@@ -57,11 +48,13 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     request: Request,
 ) -> Response {
-    let route = match route(&gateway, &request) {
+    // One version of the configuration from start to end.
+    let snapshot = gateway.snapshot();
+    let route = match route(&snapshot.table, &request) {
         Ok(route) => route,
         Err(problem) => return problem.into_response(),
     };
-    let mut response = match forward(&gateway, route, peer.0, request).await {
+    let mut response = match forward(&gateway, &snapshot, route, peer.0, request).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     };
@@ -89,6 +82,7 @@ enum Failure {
 
 async fn forward(
     gateway: &Gateway,
+    snapshot: &Snapshot,
     route: &Route,
     peer: SocketAddr,
     request: Request,
@@ -118,7 +112,7 @@ async fn forward(
                     .retry_after(wait)
             })?;
     }
-    let service = gateway
+    let service = snapshot
         .services
         .get(&route.service)
         .ok_or_else(|| Problem::new(Code::Unavailable))?;
@@ -219,7 +213,7 @@ fn finish(response: http::Response<hyper::body::Incoming>) -> Response {
 }
 
 /// Phase 1 and 2: a clean path, then the route that takes the request.
-fn route<'a>(gateway: &'a Gateway, request: &Request) -> Result<&'a Route, Problem> {
+fn route<'a>(table: &'a RouteTable, request: &Request) -> Result<&'a Route, Problem> {
     let path = request.uri().path();
     path::check(path).map_err(|e| Problem::new(Code::MalformedRequest).detail(e.to_string()))?;
     if path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/")) {
@@ -234,10 +228,7 @@ fn route<'a>(gateway: &'a Gateway, request: &Request) -> Result<&'a Route, Probl
                 .map_or(h, |(name, _)| name)
                 .to_ascii_lowercase()
         });
-    match gateway
-        .table
-        .find(request.method(), path, host.as_deref(), request.headers())
-    {
+    match table.find(request.method(), path, host.as_deref(), request.headers()) {
         Matched::Route(route) => Ok(route),
         Matched::MethodNotAllowed(allowed) => {
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Callers remembered per route. When full, callers whose state has run
 /// out are forgotten; if that is not enough, a new caller is let through
@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub const TRACKED_KEYS_MAX: usize = 100_000;
 
 /// Whose requests a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitKey {
     /// The verified user (the route must authenticate).
@@ -25,7 +25,7 @@ pub enum LimitKey {
     Ip,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub per_second: f64,

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 use prometheus_client::metrics::counter::Counter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::metrics::{GatewayMetrics, RouteLabel};
 use crate::ratelimit::{LimitKey, RateLimitConfig, RateLimiter};
 
 /// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthPolicy {
     /// A valid access token is needed (401 otherwise).
@@ -31,7 +31,7 @@ pub enum AuthPolicy {
 }
 
 /// A route as written in the configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Names the route in metrics, logs and errors.
@@ -111,6 +111,8 @@ fn default_body_max_bytes() -> usize {
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// As declared: a reload keeps the route's limiters when it is equal.
+    pub config: RouteConfig,
     pub name: String,
     /// The path as declared, for metrics labels.
     pub pattern: String,
@@ -129,7 +131,7 @@ pub struct Route {
     /// Counts retries and shed requests (`tessera_gateway_retries`, `_shed`).
     pub retried: Counter,
     pub shed: Counter,
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     pub rate_limited: Counter,
 }
 
@@ -179,11 +181,13 @@ pub struct RouteTable {
 impl RouteTable {
     /// Compiles `configs`, refusing (with the route and the reason) a bad
     /// path, method, header or timeout, a reserved path, two routes on one
-    /// name, and paths the matcher cannot tell apart.
+    /// name, and paths the matcher cannot tell apart. A route declared as
+    /// in `previous` keeps its concurrency permits and rate limit state.
     pub fn compile(
         configs: &[RouteConfig],
         services: &BTreeSet<String>,
         metrics: &GatewayMetrics,
+        previous: Option<&RouteTable>,
     ) -> Result<Self, RouteError> {
         let mut routes = Vec::with_capacity(configs.len());
         let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -226,7 +230,7 @@ impl RouteTable {
             let rate_limiter = config
                 .rate_limit
                 .as_ref()
-                .map(RateLimiter::new)
+                .map(|limit| RateLimiter::new(limit).map(Arc::new))
                 .transpose()
                 .map_err(error)?;
             if rate_limiter
@@ -273,7 +277,9 @@ impl RouteTable {
                 order.push(matcher.clone());
             }
             by_pattern.entry(matcher).or_default().push(routes.len());
+            let same = previous.and_then(|table| table.routes.iter().find(|r| r.config == *config));
             routes.push(Route {
+                config: config.clone(),
                 name: config.name.clone(),
                 pattern,
                 methods,
@@ -286,10 +292,13 @@ impl RouteTable {
                 retries: config.retries,
                 retry_backoff: Duration::from_millis(config.retry_backoff_ms),
                 body_max_bytes: config.body_max_bytes,
-                concurrency: Arc::new(Semaphore::new(config.concurrency_max)),
+                concurrency: same.map_or_else(
+                    || Arc::new(Semaphore::new(config.concurrency_max)),
+                    |r| r.concurrency.clone(),
+                ),
                 retried: metrics.retries.get_or_create(&label).clone(),
                 shed: metrics.shed.get_or_create(&label).clone(),
-                rate_limiter,
+                rate_limiter: same.map_or(rate_limiter, |r| r.rate_limiter.clone()),
                 rate_limited: metrics.rate_limited.get_or_create(&label).clone(),
             });
         }
@@ -365,7 +374,7 @@ mod tests {
     }
 
     fn compile(configs: &[RouteConfig]) -> Result<RouteTable, RouteError> {
-        RouteTable::compile(configs, &services(), &GatewayMetrics::default())
+        RouteTable::compile(configs, &services(), &GatewayMetrics::default(), None)
     }
 
     fn name(matched: Matched<'_>) -> String {
@@ -481,5 +490,35 @@ mod tests {
         assert!(twins.problem.contains("used by another route"), "{twins}");
         let clash = compile(&[route("a", "/u/{id}"), route("b", "/u/{name}")]).unwrap_err();
         assert_eq!(clash.route, "b");
+    }
+
+    #[test]
+    fn a_route_declared_alike_keeps_its_limiters_across_a_recompile() {
+        let limited = RouteConfig {
+            rate_limit: Some(RateLimitConfig {
+                per_second: 1.0,
+                burst: 1,
+                key: LimitKey::Ip,
+            }),
+            ..route("a", "/a")
+        };
+        let before = compile(&[limited.clone(), route("b", "/b")]).unwrap();
+        let changed = RouteConfig {
+            timeout_ms: 5,
+            ..route("b", "/b")
+        };
+        let after = RouteTable::compile(
+            &[limited, changed],
+            &services(),
+            &GatewayMetrics::default(),
+            Some(&before),
+        )
+        .unwrap();
+        let (a0, a1) = (&before.routes()[0], &after.routes()[0]);
+        assert!(Arc::ptr_eq(&a0.concurrency, &a1.concurrency));
+        let (l0, l1) = (a0.rate_limiter.as_ref(), a1.rate_limiter.as_ref());
+        assert!(Arc::ptr_eq(l0.unwrap(), l1.unwrap()));
+        let (b0, b1) = (&before.routes()[1], &after.routes()[1]);
+        assert!(!Arc::ptr_eq(&b0.concurrency, &b1.concurrency), "b changed");
     }
 }

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerSettings;
 use crate::routes::RouteConfig;
@@ -12,90 +13,131 @@ use crate::upstream::HealthCheck;
 /// The routes the gateway ships with: every public route of the system.
 pub const DEFAULT_ROUTES: &str = include_str!("../routes.toml");
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+/// The shortest and longest DNS re-resolution interval a service may ask.
+pub const DNS_INTERVAL_MS_MIN: u64 = 100;
+pub const DNS_INTERVAL_MS_MAX: u64 = 3_600_000;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewaySettings {
     /// The public port.
     pub listen: SocketAddr,
-    /// The admin port (metrics, health): loopback by default.
+    /// The admin port (metrics, health, the admin API): loopback by default.
     pub admin_listen: SocketAddr,
+    /// When set, `/admin/*` on the admin port needs `Authorization: Bearer`
+    /// with this token (registrations included).
+    pub admin_token: Option<String>,
+    /// Reload when the configuration file changes (looked at every
+    /// second); SIGHUP and `POST /admin/reload` reload either way.
+    pub watch_config: bool,
     /// Replaces the shipped routes when given.
     pub routes: Vec<RouteConfig>,
-    /// Where each service's instances listen.
+    /// Where each service's instances are found.
     pub services: BTreeMap<String, ServiceSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One upstream service. Its instances are the union of `urls`, the
+/// instances registered for it through the admin API, and the addresses
+/// `dns` resolves to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// `http://host:port` of each instance.
+    /// `http://host:port` of each instance known in advance.
     pub urls: Vec<String>,
+    /// `host:port` resolved every `dns_interval_ms` (A and AAAA records):
+    /// each address is an instance (a Kubernetes headless service).
+    pub dns: Option<String>,
+    pub dns_interval_ms: u64,
     /// Asked on every instance every `health_interval_ms`; a non-2xx or no
     /// answer within `health_timeout_ms` leaves the instance out until it
     /// passes again.
-    #[serde(default = "default_health_path")]
     pub health_path: String,
-    #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
-    #[serde(default = "default_health_timeout_ms")]
     pub health_timeout_ms: u64,
     /// The circuit breaker opens when at least this share of the requests
     /// in the last `breaker_window_ms` failed, once there were at least
     /// `breaker_min_requests`; it stays open `breaker_open_ms`, then lets
     /// `breaker_probes` requests through to decide.
-    #[serde(default = "default_breaker_failure_ratio")]
     pub breaker_failure_ratio: f64,
-    #[serde(default = "default_breaker_min_requests")]
     pub breaker_min_requests: u32,
-    #[serde(default = "default_breaker_window_ms")]
     pub breaker_window_ms: u64,
-    #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
-    #[serde(default = "default_breaker_probes")]
     pub breaker_probes: u32,
     /// `least_outstanding` (two at random, the less busy wins),
     /// `round_robin`, or `hash` with `hash_key` (`header:NAME` or
     /// `cookie:NAME`): one key, one instance while it takes traffic.
-    #[serde(default = "default_balance")]
     pub balance: String,
-    #[serde(default)]
     pub hash_key: Option<String>,
 }
 
-fn default_balance() -> String {
-    "least_outstanding".into()
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        let breaker = BreakerSettings::default();
+        let health = HealthCheck::default();
+        Self {
+            urls: Vec::new(),
+            dns: None,
+            dns_interval_ms: 5_000,
+            health_path: health.path,
+            health_interval_ms: health.interval.as_millis() as u64,
+            health_timeout_ms: health.timeout.as_millis() as u64,
+            breaker_failure_ratio: breaker.failure_ratio,
+            breaker_min_requests: breaker.min_requests,
+            breaker_window_ms: breaker.window.as_millis() as u64,
+            breaker_open_ms: breaker.open_for.as_millis() as u64,
+            breaker_probes: breaker.probes,
+            balance: "least_outstanding".into(),
+            hash_key: None,
+        }
+    }
 }
 
-fn default_breaker_failure_ratio() -> f64 {
-    BreakerSettings::default().failure_ratio
-}
+impl ServiceSettings {
+    /// Refuses values the gateway cannot work with, saying which.
+    pub fn check(&self) -> Result<(), String> {
+        if self.health_interval_ms == 0 || self.health_timeout_ms == 0 {
+            return Err("health_interval_ms and health_timeout_ms must be > 0".into());
+        }
+        if !(self.breaker_failure_ratio > 0.0 && self.breaker_failure_ratio <= 1.0)
+            || self.breaker_window_ms == 0
+            || self.breaker_open_ms == 0
+            || self.breaker_probes == 0
+        {
+            return Err("breaker_failure_ratio must be in (0, 1]; breaker_window_ms, breaker_open_ms and breaker_probes > 0".into());
+        }
+        if !(DNS_INTERVAL_MS_MIN..=DNS_INTERVAL_MS_MAX).contains(&self.dns_interval_ms) {
+            return Err(format!(
+                "dns_interval_ms must be in {DNS_INTERVAL_MS_MIN}..={DNS_INTERVAL_MS_MAX}"
+            ));
+        }
+        if let Some(dns) = &self.dns {
+            let port = dns
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            if port.is_none_or(|p| p == 0) {
+                return Err(format!("dns {dns:?}: expected host:port"));
+            }
+        }
+        Ok(())
+    }
 
-fn default_breaker_min_requests() -> u32 {
-    BreakerSettings::default().min_requests
-}
+    pub fn breaker(&self) -> BreakerSettings {
+        BreakerSettings {
+            failure_ratio: self.breaker_failure_ratio,
+            min_requests: self.breaker_min_requests,
+            window: Duration::from_millis(self.breaker_window_ms),
+            open_for: Duration::from_millis(self.breaker_open_ms),
+            probes: self.breaker_probes,
+        }
+    }
 
-fn default_breaker_window_ms() -> u64 {
-    BreakerSettings::default().window.as_millis() as u64
-}
-
-fn default_breaker_open_ms() -> u64 {
-    BreakerSettings::default().open_for.as_millis() as u64
-}
-
-fn default_breaker_probes() -> u32 {
-    BreakerSettings::default().probes
-}
-
-fn default_health_path() -> String {
-    HealthCheck::default().path
-}
-
-fn default_health_interval_ms() -> u64 {
-    HealthCheck::default().interval.as_millis() as u64
-}
-
-fn default_health_timeout_ms() -> u64 {
-    HealthCheck::default().timeout.as_millis() as u64
+    pub fn health(&self) -> HealthCheck {
+        HealthCheck {
+            path: self.health_path.clone(),
+            interval: Duration::from_millis(self.health_interval_ms),
+            timeout: Duration::from_millis(self.health_timeout_ms),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -113,20 +155,13 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         let local = |port: u16| ServiceSettings {
             urls: vec![format!("http://127.0.0.1:{port}")],
-            health_path: default_health_path(),
-            health_interval_ms: default_health_interval_ms(),
-            health_timeout_ms: default_health_timeout_ms(),
-            breaker_failure_ratio: default_breaker_failure_ratio(),
-            breaker_min_requests: default_breaker_min_requests(),
-            breaker_window_ms: default_breaker_window_ms(),
-            breaker_open_ms: default_breaker_open_ms(),
-            breaker_probes: default_breaker_probes(),
-            balance: default_balance(),
-            hash_key: None,
+            ..ServiceSettings::default()
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            admin_token: None,
+            watch_config: true,
             routes: default_routes(),
             services: [
                 ("identity".to_string(), local(8081)),

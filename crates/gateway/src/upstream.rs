@@ -2,19 +2,23 @@
 //! and which are left out for a while: passive outlier ejection (failures
 //! seen on real traffic) and active health checks (`/readyz`).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use http::HeaderMap;
-
-use crate::balance::Balance;
+use crate::balance::{Balance, Ring};
 use crate::breaker::Breaker;
-use crate::metrics::{ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, answer_class};
+use crate::metrics::{
+    ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, ServiceLabel, answer_class,
+};
 use crate::retry::RetryBudget;
+use crate::settings::ServiceSettings;
 
 /// Consecutive failures (no answer, or 5xx) that eject an instance.
 pub const EJECT_AFTER_FAILURES: u32 = 5;
@@ -48,23 +52,10 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// An instance whose counters are not registered anywhere.
-    #[cfg(test)]
-    fn new(base: &str) -> Result<Self, String> {
-        Self::counted(base, "", &GatewayMetrics::default())
-    }
-
     /// An instance of `service` counted in `metrics`; `base` must be
     /// `http://host:port`.
     pub fn counted(base: &str, service: &str, metrics: &GatewayMetrics) -> Result<Self, String> {
-        let uri: http::Uri = base.parse().map_err(|_| format!("{base:?} is not a URL"))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(format!("{base:?} must be http://host:port"));
-        };
-        if uri.scheme_str() != Some("http") || uri.path() != "/" || uri.query().is_some() {
-            return Err(format!("{base:?} must be http://host:port with no path"));
-        }
-        let (scheme, authority) = (scheme.clone(), authority.clone());
+        let (scheme, authority) = parse_base(base)?;
         let base = base.trim_end_matches('/').to_owned();
         let answers = ANSWER_CLASSES.map(|class| {
             metrics
@@ -134,6 +125,18 @@ impl Instance {
     }
 }
 
+/// The scheme and authority of `base`, which must be `http://host:port`.
+pub fn parse_base(base: &str) -> Result<(http::uri::Scheme, http::uri::Authority), String> {
+    let uri: http::Uri = base.parse().map_err(|_| format!("{base:?} is not a URL"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(format!("{base:?} must be http://host:port"));
+    };
+    if uri.scheme_str() != Some("http") || uri.path() != "/" || uri.query().is_some() {
+        return Err(format!("{base:?} must be http://host:port with no path"));
+    }
+    Ok((scheme.clone(), authority.clone()))
+}
+
 /// A request in flight on an instance; dropping it ends it.
 pub struct InFlight(Arc<Instance>);
 
@@ -167,21 +170,127 @@ impl Default for HealthCheck {
     }
 }
 
+/// A service's instances, swapped whole when discovery changes them, with
+/// their hash ring.
+#[derive(Debug, Default)]
+pub struct Members {
+    pub instances: Vec<Arc<Instance>>,
+    ring: Ring,
+}
+
 /// A service's instances, how they are checked, its circuit breaker and
 /// the retries it may spend.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    pub instances: Vec<Arc<Instance>>,
+    /// As configured: a reload keeps the service (breaker, budget,
+    /// instances) when these did not change.
+    pub settings: ServiceSettings,
+    members: ArcSwap<Members>,
     pub health: HealthCheck,
     pub breaker: Breaker,
     pub budget: RetryBudget,
     /// Time to upstream answer headers.
     pub latency: Histogram,
     pub balance: Balance,
+    /// Whether its health checks (and DNS resolution) run.
+    pub(crate) workers_started: AtomicBool,
+    /// The instance URLs `settings.dns` resolved to last.
+    resolved: Mutex<BTreeSet<String>>,
+    metrics: GatewayMetrics,
 }
 
 impl Service {
+    /// The service `settings` describe, its instances those of `previous`
+    /// (health and ejections kept) until [`Service::set_instances`].
+    pub fn from_settings(
+        name: &str,
+        settings: &ServiceSettings,
+        metrics: &GatewayMetrics,
+        previous: Option<&Service>,
+    ) -> Result<Self, String> {
+        settings.check()?;
+        let balance = Balance::parse(&settings.balance, settings.hash_key.as_deref())?;
+        let label = ServiceLabel {
+            service: name.to_owned(),
+        };
+        let breaker = Breaker::new(
+            settings.breaker(),
+            metrics.breaker_state.get_or_create(&label).clone(),
+        );
+        let service = Self {
+            name: name.to_owned(),
+            settings: settings.clone(),
+            members: ArcSwap::from_pointee(Members::default()),
+            health: settings.health(),
+            breaker,
+            budget: RetryBudget::default(),
+            latency: metrics.upstream_latency.get_or_create(&label).clone(),
+            balance,
+            workers_started: AtomicBool::new(false),
+            resolved: Mutex::default(),
+            metrics: metrics.clone(),
+        };
+        if let Some(previous) = previous {
+            service.install(previous.members().instances.clone());
+            if previous.settings.dns == settings.dns {
+                service.set_resolved(previous.resolved());
+            }
+        }
+        Ok(service)
+    }
+
+    /// What `settings.dns` resolved to last.
+    pub fn resolved(&self) -> BTreeSet<String> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_resolved(&self, urls: BTreeSet<String>) {
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = urls;
+    }
+
+    /// The instances now.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// Makes `bases` (`http://host:port`) the service's instances: those
+    /// already there stay as they are (outstanding requests, health,
+    /// ejections), the others are added, the missing ones leave. Refuses
+    /// an unusable URL, changing nothing. Says whether anything changed.
+    pub fn set_instances(&self, bases: &BTreeSet<String>) -> Result<bool, String> {
+        let current = self.members();
+        let wanted: BTreeSet<&str> = bases.iter().map(|b| b.trim_end_matches('/')).collect();
+        let now: BTreeSet<&str> = current.instances.iter().map(|i| i.base.as_str()).collect();
+        if wanted == now {
+            return Ok(false);
+        }
+        let instances = wanted
+            .iter()
+            .map(
+                |base| match current.instances.iter().find(|i| i.base == *base) {
+                    Some(kept) => Ok(kept.clone()),
+                    None => Instance::counted(base, &self.name, &self.metrics).map(Arc::new),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(
+            service = %self.name,
+            instances = ?wanted,
+            "instances changed"
+        );
+        self.install(instances);
+        Ok(true)
+    }
+
+    fn install(&self, instances: Vec<Arc<Instance>>) {
+        let ring = self.balance.ring(instances.iter().map(|i| i.base.as_str()));
+        self.members.store(Arc::new(Members { instances, ring }));
+    }
+
     /// An instance for a request with `headers`, by the service's
     /// [`Balance`]; least outstanding requests of two at random when that
     /// leaves the choice open. None when there is no instance.
@@ -194,23 +303,26 @@ impl Service {
     /// instances are left out, unless every instance is: then all take
     /// traffic again (better a chance than a certain 503).
     pub fn pick_except(&self, tried: &[Arc<Instance>], headers: &HeaderMap) -> Option<InFlight> {
+        let members = self.members.load();
+        let instances = &members.instances;
         let now = Instant::now();
-        let any_in = self.instances.iter().any(|i| i.takes_traffic(now));
+        let any_in = instances.iter().any(|i| i.takes_traffic(now));
         let candidate = |i: &Arc<Instance>| {
             (!any_in || i.takes_traffic(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, i))
         };
-        let count = self.instances.len();
         let by_policy = self
             .balance
-            .choose(headers, count, |i| candidate(&self.instances[i]));
+            .choose(headers, &members.ring, instances.len(), |i| {
+                candidate(&instances[i])
+            });
         if let Some(i) = by_policy {
-            let chosen = &self.instances[i];
+            let chosen = &instances[i];
             chosen.outstanding.fetch_add(1, Ordering::Relaxed);
             return Some(InFlight(chosen.clone()));
         }
         // The n-th candidate, without collecting them (this runs per request).
-        let nth = |n: usize| self.instances.iter().filter(|i| candidate(i)).nth(n);
-        let chosen = match self.instances.iter().filter(|i| candidate(i)).count() {
+        let nth = |n: usize| instances.iter().filter(|i| candidate(i)).nth(n);
+        let chosen = match instances.iter().filter(|i| candidate(i)).count() {
             0 => return None,
             1 => nth(0)?,
             n => {
@@ -244,8 +356,13 @@ impl Service {
             return;
         }
         let now = Instant::now();
-        let ejected = self.instances.iter().filter(|i| i.is_ejected(now)).count();
-        if (ejected + 1) as f64 > self.instances.len() as f64 * EJECTED_SHARE_MAX {
+        let members = self.members.load();
+        let ejected = members
+            .instances
+            .iter()
+            .filter(|i| i.is_ejected(now))
+            .count();
+        if (ejected + 1) as f64 > members.instances.len() as f64 * EJECTED_SHARE_MAX {
             return;
         }
         let mut until = instance
@@ -267,34 +384,27 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::BreakerSettings;
-    use prometheus_client::metrics::gauge::Gauge;
 
     impl Service {
         /// A service with default policies and unregistered metrics.
-        fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
-            Self {
-                name: name.into(),
-                instances,
-                balance: Balance::LeastOutstanding,
-                health: HealthCheck::default(),
-                breaker: Breaker::new(BreakerSettings::default(), Gauge::default()),
-                budget: RetryBudget::default(),
-                latency: kit::telemetry::latency_histogram(),
-            }
+        fn new(name: &str, bases: &[&str]) -> Self {
+            let settings = ServiceSettings::default();
+            let service =
+                Service::from_settings(name, &settings, &GatewayMetrics::default(), None).unwrap();
+            let bases = bases.iter().map(|b| b.to_string()).collect();
+            service.set_instances(&bases).unwrap();
+            service
+        }
+
+        fn instance(&self, i: usize) -> Arc<Instance> {
+            self.members().instances[i].clone()
         }
     }
 
     #[test]
     fn the_less_busy_of_two_wins_and_release_counts_down() {
-        let service = Service::new(
-            "s",
-            vec![
-                Arc::new(Instance::new("http://a/").unwrap()),
-                Arc::new(Instance::new("http://b").unwrap()),
-            ],
-        );
-        assert_eq!(service.instances[0].base, "http://a");
+        let service = Service::new("s", &["http://a/", "http://b"]);
+        assert_eq!(service.instance(0).base, "http://a");
         let busy = service.pick(&HeaderMap::new()).unwrap();
         // With two instances both are always compared: the idle one wins.
         for _ in 0..20 {
@@ -302,18 +412,18 @@ mod tests {
             assert!(!Arc::ptr_eq(next.instance(), busy.instance()));
         }
         drop(busy);
-        assert!(service.instances.iter().all(|i| i.outstanding() == 0));
+        assert!(
+            service
+                .members()
+                .instances
+                .iter()
+                .all(|i| i.outstanding() == 0)
+        );
     }
 
     #[test]
     fn a_retry_goes_to_an_instance_not_yet_tried() {
-        let service = Service::new(
-            "s",
-            vec![
-                Arc::new(Instance::new("http://a").unwrap()),
-                Arc::new(Instance::new("http://b").unwrap()),
-            ],
-        );
+        let service = Service::new("s", &["http://a", "http://b"]);
         let first = service.pick(&HeaderMap::new()).unwrap();
         let other = service
             .pick_except(&[first.instance().clone()], &HeaderMap::new())
@@ -321,24 +431,17 @@ mod tests {
         assert!(!Arc::ptr_eq(other.instance(), first.instance()));
         let both = [first.instance().clone(), other.instance().clone()];
         assert!(service.pick_except(&both, &HeaderMap::new()).is_none());
-        assert!(Service::new("e", vec![]).pick(&HeaderMap::new()).is_none());
+        assert!(Service::new("e", &[]).pick(&HeaderMap::new()).is_none());
     }
 
     fn three() -> Service {
-        let instances = ["http://a", "http://b", "http://c"];
-        Service::new(
-            "s",
-            instances
-                .iter()
-                .map(|b| Arc::new(Instance::new(b).unwrap()))
-                .collect(),
-        )
+        Service::new("s", &["http://a", "http://b", "http://c"])
     }
 
     #[test]
     fn consecutive_failures_eject_for_longer_each_time_within_the_share_cap() {
         let service = three();
-        let (a, b) = (service.instances[0].clone(), service.instances[1].clone());
+        let (a, b) = (service.instance(0), service.instance(1));
         for _ in 0..EJECT_AFTER_FAILURES - 1 {
             service.failed(&a);
         }
@@ -369,16 +472,47 @@ mod tests {
     #[test]
     fn unhealthy_instances_are_left_out_unless_all_are() {
         let service = three();
-        service.instances[0].set_healthy(false);
-        service.instances[1].set_healthy(false);
+        service.instance(0).set_healthy(false);
+        service.instance(1).set_healthy(false);
         for _ in 0..50 {
             let picked = service.pick(&HeaderMap::new()).unwrap();
-            assert!(Arc::ptr_eq(picked.instance(), &service.instances[2]));
+            assert!(Arc::ptr_eq(picked.instance(), &service.instance(2)));
         }
-        service.instances[2].set_healthy(false);
+        service.instance(2).set_healthy(false);
         assert!(
             service.pick(&HeaderMap::new()).is_some(),
             "all down: all take traffic again"
+        );
+    }
+
+    #[test]
+    fn new_instances_join_and_kept_ones_keep_their_state() {
+        let service = three();
+        let a = service.instance(0);
+        a.set_healthy(false);
+        let bases = ["http://a/", "http://c", "http://d"]
+            .map(String::from)
+            .into();
+        assert!(service.set_instances(&bases).unwrap());
+        let now: Vec<String> = service
+            .members()
+            .instances
+            .iter()
+            .map(|i| i.base.clone())
+            .collect();
+        assert_eq!(now, ["http://a", "http://c", "http://d"]);
+        assert!(
+            Arc::ptr_eq(&service.instance(0), &a),
+            "a is the same instance"
+        );
+        assert!(!service.instance(0).is_healthy());
+        assert!(!service.set_instances(&bases).unwrap(), "no change");
+        let bad = ["ftp://x".to_string()].into();
+        assert!(service.set_instances(&bad).is_err());
+        assert_eq!(
+            service.members().instances.len(),
+            3,
+            "a refusal changes nothing"
         );
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Value;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -26,45 +27,82 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The merged configuration sources of one process.
+/// The merged configuration sources of one process, and how to read them
+/// again ([`Config::reloaded`]).
 #[derive(Clone)]
 pub struct Config {
     figment: Figment,
+    source: Source,
+    /// Keys set by [`Config::with`], in order.
+    overrides: Vec<(String, Value)>,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// An optional file, then the environment.
+    Files(Option<PathBuf>),
+    /// TOML text alone.
+    Text(String),
 }
 
 impl Config {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.to_owned(),
-                    reason: "not found or not a file".into(),
-                });
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let config = Self { figment };
-        config.common()?;
-        Ok(config)
+        Self::read(Source::Files(file.map(Path::to_owned)), Vec::new())
     }
 
     /// Builds a configuration from TOML text alone (tests, simulation).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config = Self {
-            figment: Figment::from(Toml::string(text)),
-        };
-        config.common()?;
-        Ok(config)
+        Self::read(Source::Text(text.to_owned()), Vec::new())
     }
 
     /// Overrides one key (dotted for sections) above every other source:
     /// what a command-line flag does.
     pub fn with(self, key: &str, value: impl serde::Serialize) -> Result<Self, ConfigError> {
+        let value = Value::serialize(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut overrides = self.overrides;
+        overrides.push((key.to_owned(), value));
+        Self::read(self.source, overrides)
+    }
+
+    /// The same sources read again: the file as it is now, the environment,
+    /// then the same overrides.
+    pub fn reloaded(&self) -> Result<Self, ConfigError> {
+        Self::read(self.source.clone(), self.overrides.clone())
+    }
+
+    /// The file this configuration was read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Files(file) => file.as_deref(),
+            Source::Text(_) => None,
+        }
+    }
+
+    fn read(source: Source, overrides: Vec<(String, Value)>) -> Result<Self, ConfigError> {
+        let mut figment = match &source {
+            Source::Files(file) => {
+                let mut figment = Figment::new();
+                if let Some(path) = file {
+                    if !path.is_file() {
+                        return Err(ConfigError::File {
+                            path: path.to_owned(),
+                            reason: "not found or not a file".into(),
+                        });
+                    }
+                    figment = figment.merge(Toml::file(path));
+                }
+                figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+            }
+            Source::Text(text) => Figment::from(Toml::string(text)),
+        };
+        for (key, value) in &overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
         let config = Self {
-            figment: self.figment.merge(Serialized::default(key, value)),
+            figment,
+            source,
+            overrides,
         };
         config.common()?;
         Ok(config)
@@ -101,6 +139,8 @@ pub struct Common {
     pub log: LogSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
+    /// The gateways a service instance registers with.
+    pub registry: crate::registry::RegistrySettings,
     /// Threads that serve requests in `tessera serve`; 0 means one per core.
     pub worker_threads: usize,
 }
@@ -114,6 +154,7 @@ impl Default for Common {
             log: LogSettings::default(),
             http: HttpSettings::default(),
             auth: AuthSettings::default(),
+            registry: crate::registry::RegistrySettings::default(),
         }
     }
 }
@@ -228,6 +269,24 @@ mod tests {
     fn leeway_over_sixty_seconds_is_refused() {
         let err = Config::from_toml("[auth]\nleeway_s = 61").err().unwrap();
         assert!(err.to_string().contains("leeway_s"), "{err}");
+    }
+
+    #[test]
+    fn reloading_reads_the_file_again_and_keeps_the_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tessera.toml");
+        std::fs::write(&file, "[http]\nbody_limit_bytes = 10").unwrap();
+        let config = Config::load(Some(&file))
+            .unwrap()
+            .with("data_dir", "/flag")
+            .unwrap();
+        assert_eq!(config.file(), Some(file.as_path()));
+        std::fs::write(&file, "[http]\nbody_limit_bytes = 20").unwrap();
+        let common = config.reloaded().unwrap().common().unwrap();
+        assert_eq!(common.http.body_limit_bytes, 20);
+        assert_eq!(common.data_dir, PathBuf::from("/flag"));
+        std::fs::write(&file, "[http]\nbody_limit_bytes = 0").unwrap();
+        assert!(config.reloaded().is_err(), "a bad file is refused");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`kv`]: the key-value port (TTLs, counters) and its adapters.
 //! - [`sql`]: SQL pool helpers for SQLite and PostgreSQL.
 //! - [`listen`]: listeners, bound here or inherited from `tessera up`.
+//! - [`registry`]: registration with the gateway while serving.
 //! - [`lockfile`]: cross-process exclusive locks on files.
 //! - [`clock`]: the injected clock.
 
@@ -21,6 +22,7 @@ pub mod kv;
 pub mod listen;
 pub mod lockfile;
 pub mod problem;
+pub mod registry;
 pub mod sql;
 pub mod telemetry;
 #[cfg(feature = "testing")]

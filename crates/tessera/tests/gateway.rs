@@ -151,3 +151,126 @@ auth = "none"
     );
     assert!(total[&401] > 100, "{total:?}");
 }
+
+/// `tessera serve users` registers with the gateway named in its
+/// configuration, leaves on SIGTERM, and drops out when killed once its
+/// registration runs out; SIGHUP makes the gateway read its file again.
+#[tokio::test]
+async fn serve_registers_with_the_gateway_and_sighup_reloads() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (public, admin) = (kit::testing::free_port(), kit::testing::free_port());
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let config = data_dir.path().join("gateway.toml");
+    let write = |extra: &str| {
+        let text = format!(
+            "[gateway]\nwatch_config = false\n[gateway.services.users]\nurls = []\n[[gateway.routes]]\nname = \"users\"\nprefix = \"/api/v1/users/\"\nservice = \"users\"\nauth = \"none\"\n{extra}"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("");
+    let gateway = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "gateway", "--config"])
+        .arg(&config)
+        .env("TESSERA_LOG__FILTER", "error")
+        .env("TESSERA_GATEWAY__LISTEN", format!("127.0.0.1:{public}"))
+        .env(
+            "TESSERA_GATEWAY__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let gateway = Serve(gateway);
+    let me = format!("http://127.0.0.1:{public}/api/v1/users/me");
+    let users_env = |port: u16| {
+        vec![
+            ("TESSERA_USERS__LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "TESSERA_REGISTRY__GATEWAYS".into(),
+                format!("[{admin_url:?}]"),
+            ),
+            ("TESSERA_REGISTRY__TTL_MS".into(), "1000".into()),
+        ]
+    };
+    let status_within = |want: u16, within: Duration| {
+        let (http, me) = (http.clone(), me.clone());
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let status = http
+                    .get(&me)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                if status == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{me}: {status}, not {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let registry = || {
+        let (http, url) = (http.clone(), format!("{admin_url}/admin/registry"));
+        async move {
+            let list: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            list.as_array().unwrap().clone()
+        }
+    };
+
+    let port = kit::testing::free_port();
+    let users = Serve::start("users", data_dir.path(), &users_env(port));
+    // users' 401 (no token) means the gateway sent the request there.
+    status_within(401, Duration::from_secs(30)).await;
+    let listed = registry().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["url"], format!("http://127.0.0.1:{port}"));
+    // SAFETY: signalling a process this test started.
+    assert_eq!(unsafe { libc::kill(users.0.id() as i32, libc::SIGTERM) }, 0);
+    status_within(503, Duration::from_secs(5)).await;
+    assert!(registry().await.is_empty(), "deregistered on the way out");
+    drop(users);
+
+    let users = Serve::start("users", data_dir.path(), &users_env(port));
+    status_within(401, Duration::from_secs(30)).await;
+    assert_eq!(unsafe { libc::kill(users.0.id() as i32, libc::SIGKILL) }, 0);
+    drop(users);
+    // Until then the dead instance answers 502, or its open breaker 503.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = http.get(&me).send().await.unwrap();
+        let problem: serde_json::Value = answer.json().await.unwrap();
+        if problem["code"] == "unavailable" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never left: {problem}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registry().await.is_empty(), "expired without renewal");
+
+    let version = || {
+        let (http, url) = (http.clone(), format!("{admin_url}/admin/config"));
+        async move {
+            let config: serde_json::Value =
+                http.get(url).send().await.unwrap().json().await.unwrap();
+            config["version"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(version().await, 1);
+    write(
+        "[[gateway.routes]]\nname = \"more\"\nprefix = \"/more/\"\nservice = \"users\"\nauth = \"none\"\n",
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(version().await, 1, "watch_config = false: no reload yet");
+    assert_eq!(
+        unsafe { libc::kill(gateway.0.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version().await != 2 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -15,7 +15,6 @@ pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use bus::broker::DeadLetterReport;
@@ -189,13 +188,7 @@ pub async fn serve(config: &Config) -> Result<(), IdentityStartError> {
     });
     let listener = kit::listen::inherited_or_bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "identity listening");
-    kit::http::serve(
-        listener,
-        router(&opened, &common, clock),
-        kit::http::shutdown_signal(),
-        Duration::from_millis(common.http.shutdown_grace_ms),
-    )
-    .await?;
+    kit::registry::serve(ROLE, &common, listener, router(&opened, &common, clock)).await?;
     Ok(())
 }
 

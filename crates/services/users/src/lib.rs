@@ -12,7 +12,6 @@ pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use bus::broker::DeadLetterReport;
@@ -146,12 +145,6 @@ pub async fn serve(config: &Config) -> Result<(), UsersStartError> {
     opened.start_background();
     let listener = kit::listen::inherited_or_bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "users listening");
-    kit::http::serve(
-        listener,
-        router(&opened, &common, clock),
-        kit::http::shutdown_signal(),
-        Duration::from_millis(common.http.shutdown_grace_ms),
-    )
-    .await?;
+    kit::registry::serve(ROLE, &common, listener, router(&opened, &common, clock)).await?;
     Ok(())
 }

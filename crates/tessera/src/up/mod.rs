@@ -134,7 +134,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         ("TESSERA_DATA_DIR".into(), data_dir.display().to_string()),
         ("TESSERA_AUTH__JWKS_URL".into(), jwks_url),
     ];
-    env.extend(upstreams_for_the_gateway(&instances));
+    env.extend(discovery_through_the_gateway(&instances));
     let launch = Arc::new(Launch {
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
         config: config_file,
@@ -201,23 +201,33 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Each service's instances, as the gateway's configuration:
-/// `TESSERA_GATEWAY__SERVICES__<ROLE>__URLS=["http://…", …]`.
-fn upstreams_for_the_gateway(instances: &[Instance]) -> Vec<(String, String)> {
-    let mut urls: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for instance in instances.iter().filter(|i| i.admin.is_none()) {
-        urls.entry(instance.role)
-            .or_default()
-            .push(format!("{:?}", instance.url));
-    }
-    urls.into_iter()
-        .map(|(role, urls)| {
+/// Each service declared to the gateway with no instance of its own
+/// (`TESSERA_GATEWAY__SERVICES__<ROLE>__URLS=[]`), and every instance told
+/// to register with the gateway's admin port: the gateway learns them as
+/// they come and lose them as they go.
+fn discovery_through_the_gateway(instances: &[Instance]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = instances
+        .iter()
+        .filter(|i| i.admin.is_none())
+        .map(|i| i.role)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|role| {
             (
                 format!("TESSERA_GATEWAY__SERVICES__{}__URLS", role.to_uppercase()),
-                format!("[{}]", urls.join(", ")),
+                "[]".to_owned(),
             )
         })
-        .collect()
+        .collect();
+    let admins: Vec<String> = instances
+        .iter()
+        .filter_map(|i| i.admin.as_ref().map(|(_, url)| format!("{url:?}")))
+        .collect();
+    env.push((
+        "TESSERA_REGISTRY__GATEWAYS".into(),
+        format!("[{}]", admins.join(", ")),
+    ));
+    env
 }
 
 #[cfg(test)]
