@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod cors;
 pub mod discovery;
 pub mod metrics;
+pub mod openapi;
 pub mod path;
 pub mod proxy;
 pub mod ratelimit;
@@ -22,8 +24,12 @@ pub mod upstream;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
+use kit::problem::{Code, Problem};
 use kit::telemetry::Metrics;
 
 use crate::settings::GatewaySettings;
@@ -53,10 +59,44 @@ pub fn open(
     Gateway::open(config, clock, metrics)
 }
 
-/// The public port: every request goes to the proxy; no metrics, health
-/// or admin path is served here.
+/// The public port: the merged OpenAPI document and its docs page, and
+/// every other request to the proxy; no metrics, health or admin path is
+/// served here.
 pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
-    let proxy = Router::new().fallback(proxy::handle).with_state(gateway);
+    let assets = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: openapi::DOCS_PATH,
+        api_definition: swagger_ui_dist::OpenApiSource::Uri(openapi::DOCUMENT_PATH),
+        title: Some("Tessera API"),
+    });
+    let named = |name: &'static str, mut response: Response| {
+        response
+            .extensions_mut()
+            .insert(kit::telemetry::RouteName(name.into()));
+        response
+    };
+    let document = move |State(gateway): State<Arc<Gateway>>| async move {
+        let response = match gateway.document() {
+            Ok(json) => ([(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
+            Err(conflict) => Problem::internal(conflict).into_response(),
+        };
+        named("openapi", response)
+    };
+    let docs = format!("{}/", openapi::DOCS_PATH);
+    let proxy = Router::new()
+        .route(openapi::DOCUMENT_PATH, get(document))
+        .route(
+            openapi::DOCS_PATH,
+            get(move || async move { named("docs", openapi::docs_page()) }),
+        )
+        .route(
+            &format!("{docs}init.js"),
+            get(move || async move { named("docs", openapi::docs_init()) }),
+        )
+        .route_service(&format!("{docs}swagger-ui.css"), assets.clone())
+        .route_service(&format!("{docs}swagger-ui-bundle.js"), assets)
+        .fallback(proxy::handle)
+        .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
+        .with_state(gateway);
     kit::http::observed(proxy, metrics)
 }
 
@@ -67,12 +107,22 @@ pub fn admin_router(gateway: Arc<Gateway>, common: &Common, metrics: Metrics) ->
 
 /// Runs the gateway until SIGTERM or Ctrl-C: the public port and, beside
 /// it, the admin port; both drain in-flight requests on the way out.
-/// SIGHUP reloads the configuration.
-pub async fn serve(config: &Config) -> Result<(), GatewayStartError> {
+/// SIGHUP reloads the configuration. `documents` are the services' OpenAPI
+/// documents, merged into the public one.
+pub async fn serve(
+    config: &Config,
+    documents: Vec<serde_json::Value>,
+) -> Result<(), GatewayStartError> {
     let common = config.common()?;
     let settings: GatewaySettings = config.section(ROLE)?;
     let metrics = Metrics::new(ROLE);
     let gateway = open(config, kit::clock::system(), &metrics)?;
+    gateway
+        .publish(documents)
+        .map_err(|problem| GatewayStartError::Service {
+            service: "openapi".into(),
+            problem,
+        })?;
     let _background = gateway.start_background();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let on_hangup = gateway.clone();

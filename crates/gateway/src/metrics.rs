@@ -49,6 +49,7 @@ pub struct GatewayMetrics {
     pub rate_limited: Family<RouteLabel, Counter>,
     pub ejections: Family<InstanceLabels, Counter>,
     pub breaker_state: Family<ServiceLabel, Gauge>,
+    pub rate_limit_store_errors: Counter,
 }
 
 /// Families registered nowhere (tests, and instances made on their own).
@@ -62,6 +63,7 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
             ejections: Family::default(),
             breaker_state: Family::default(),
+            rate_limit_store_errors: Counter::default(),
         }
     }
 }
@@ -104,6 +106,11 @@ impl GatewayMetrics {
             "gateway_breaker_state",
             "Circuit breaker per service: 0 closed, 1 open, 2 half-open",
             this.breaker_state.clone(),
+        );
+        metrics.register(
+            "gateway_rate_limit_store_errors",
+            "Rate limit checks Redis could not answer (this replica's limits decided)",
+            this.rate_limit_store_errors.clone(),
         );
         this
     }

@@ -16,6 +16,7 @@ use kit::auth::Principal;
 use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 
+use crate::cors::{Cors, Verdict};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
 use crate::state::{Gateway, Snapshot};
@@ -50,18 +51,68 @@ pub async fn handle(
 ) -> Response {
     // One version of the configuration from start to end.
     let snapshot = gateway.snapshot();
-    let route = match route(&snapshot.table, &request) {
-        Ok(route) => route,
-        Err(problem) => return problem.into_response(),
+    if let Err(problem) = headers_within(request.headers(), snapshot.settings.headers_max_bytes) {
+        return problem.into_response();
+    }
+    let origin = match snapshot.cors.as_ref().map(|c| c.verdict(request.headers())) {
+        None | Some(Verdict::NotCors) => None,
+        Some(Verdict::Allowed(origin)) => Some(origin),
+        Some(Verdict::Refused(origin)) => {
+            let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+            return Problem::new(Code::Forbidden)
+                .detail(format!(
+                    "requests from the origin {origin:?} are not allowed"
+                ))
+                .into_response();
+        }
     };
-    let mut response = match forward(&gateway, &snapshot, route, peer.0, request).await {
-        Ok(response) => response,
-        Err(problem) => problem.into_response(),
+    let preflight = Cors::preflight(request.method(), request.headers());
+    let method = preflight
+        .clone()
+        .unwrap_or_else(|| request.method().clone());
+    let route = match route(&snapshot.table, &method, &request) {
+        Ok(route) => route,
+        Err(problem) => return cors_decorated(&snapshot, origin, problem.into_response()),
+    };
+    let mut response = match (&snapshot.cors, &origin, &preflight) {
+        (Some(cors), Some(origin), Some(asked)) => {
+            cors.preflight_answer(origin.clone(), &route.methods(), asked)
+        }
+        _ => match forward(&gateway, &snapshot, route, peer.0, request).await {
+            Ok(response) => cors_decorated(&snapshot, origin, response),
+            Err(problem) => cors_decorated(&snapshot, origin, problem.into_response()),
+        },
     };
     response
         .extensions_mut()
         .insert(kit::telemetry::RouteName(route.name.clone()));
     response
+}
+
+/// `response` readable by the page of an allowed `origin`.
+fn cors_decorated(
+    snapshot: &Snapshot,
+    origin: Option<HeaderValue>,
+    mut response: Response,
+) -> Response {
+    if let (Some(cors), Some(origin)) = (&snapshot.cors, origin) {
+        cors.decorate(response.headers_mut(), origin);
+    }
+    response
+}
+
+/// Refuses headers adding up to more than `max` bytes (names and values).
+fn headers_within(headers: &HeaderMap, max: usize) -> Result<(), Problem> {
+    let total: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if total > max {
+        return Err(Problem::new(Code::HeadersTooLarge).detail(format!(
+            "the headers take {total} bytes; at most {max} are taken"
+        )));
+    }
+    Ok(())
 }
 
 /// Upstream answers that a safe request is retried on: the instance could
@@ -103,8 +154,12 @@ async fn forward(
                 ip.as_str()
             }
         };
-        limiter
-            .check(key, std::time::Instant::now())
+        let shared = match &snapshot.shared_limits {
+            Some(shared) => shared.check(&route.name, key, limiter).await,
+            None => None,
+        };
+        shared
+            .unwrap_or_else(|| limiter.check(key, std::time::Instant::now()))
             .map_err(|wait| {
                 route.rate_limited.inc();
                 Problem::new(Code::RateLimited)
@@ -212,8 +267,13 @@ fn finish(response: http::Response<hyper::body::Incoming>) -> Response {
     response
 }
 
-/// Phase 1 and 2: a clean path, then the route that takes the request.
-fn route<'a>(table: &'a RouteTable, request: &Request) -> Result<&'a Route, Problem> {
+/// Phase 1 and 2: a clean path, then the route that takes the request
+/// (by `method`: for a preflight, the one it asks about).
+fn route<'a>(
+    table: &'a RouteTable,
+    method: &http::Method,
+    request: &Request,
+) -> Result<&'a Route, Problem> {
     let path = request.uri().path();
     path::check(path).map_err(|e| Problem::new(Code::MalformedRequest).detail(e.to_string()))?;
     if path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/")) {
@@ -228,7 +288,7 @@ fn route<'a>(table: &'a RouteTable, request: &Request) -> Result<&'a Route, Prob
                 .map_or(h, |(name, _)| name)
                 .to_ascii_lowercase()
         });
-    match table.find(request.method(), path, host.as_deref(), request.headers()) {
+    match table.find(method, path, host.as_deref(), request.headers()) {
         Matched::Route(route) => Ok(route),
         Matched::MethodNotAllowed(allowed) => {
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();

@@ -145,6 +145,11 @@ impl Route {
                 .all(|(name, value)| headers.get(name) == Some(value))
     }
 
+    /// The methods the route takes; empty means all.
+    pub fn methods(&self) -> Vec<Method> {
+        self.methods.iter().cloned().collect()
+    }
+
     fn allows(&self, method: &Method) -> bool {
         self.methods.is_empty() || self.methods.contains(method)
     }

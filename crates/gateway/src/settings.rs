@@ -7,11 +7,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerSettings;
+use crate::cors::CorsSettings;
 use crate::routes::RouteConfig;
 use crate::upstream::HealthCheck;
 
 /// The routes the gateway ships with: every public route of the system.
 pub const DEFAULT_ROUTES: &str = include_str!("../routes.toml");
+
+/// The most `headers_max_bytes` may say: past it the HTTP server itself
+/// refuses the request.
+pub const HEADERS_MAX_BYTES_LIMIT: usize = 256 * 1024;
 
 /// The shortest and longest DNS re-resolution interval a service may ask.
 pub const DNS_INTERVAL_MS_MIN: u64 = 100;
@@ -30,6 +35,14 @@ pub struct GatewaySettings {
     /// Reload when the configuration file changes (looked at every
     /// second); SIGHUP and `POST /admin/reload` reload either way.
     pub watch_config: bool,
+    /// `redis://host:port`: rate limits counted there, shared by every
+    /// gateway replica using it; absent, each replica counts its own.
+    pub rate_limit_redis_url: Option<String>,
+    /// Requests whose header names and values add up to more are refused
+    /// with 431 (at most [`HEADERS_MAX_BYTES_LIMIT`]).
+    pub headers_max_bytes: usize,
+    /// Cross-origin requests from browsers; off until origins are named.
+    pub cors: CorsSettings,
     /// Replaces the shipped routes when given.
     pub routes: Vec<RouteConfig>,
     /// Where each service's instances are found.
@@ -162,6 +175,9 @@ impl Default for GatewaySettings {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             admin_token: None,
             watch_config: true,
+            rate_limit_redis_url: None,
+            headers_max_bytes: 32 * 1024,
+            cors: CorsSettings::default(),
             routes: default_routes(),
             services: [
                 ("identity".to_string(), local(8081)),

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -19,13 +19,16 @@ use kit::clock::SharedClock;
 use kit::config::Config;
 use kit::telemetry::Metrics;
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::cors::Cors;
 use crate::discovery::{self, Registry};
 use crate::metrics::GatewayMetrics;
+use crate::ratelimit::SharedLimits;
 use crate::routes::RouteTable;
-use crate::settings::GatewaySettings;
+use crate::settings::{GatewaySettings, HEADERS_MAX_BYTES_LIMIT};
 use crate::upstream::{HealthCheck, Service};
-use crate::{GatewayStartError, ROLE};
+use crate::{GatewayStartError, ROLE, openapi};
 
 /// Idle upstream connections kept per instance.
 pub const UPSTREAM_IDLE_PER_INSTANCE: usize = 64;
@@ -44,6 +47,10 @@ pub struct Snapshot {
     pub settings: GatewaySettings,
     pub table: RouteTable,
     pub services: BTreeMap<String, Arc<Service>>,
+    /// Where rate limits are counted when not in this process.
+    pub shared_limits: Option<Arc<SharedLimits>>,
+    /// Cross-origin requests, when allowed.
+    pub cors: Option<Cors>,
 }
 
 /// What a reload did.
@@ -65,6 +72,10 @@ pub struct Gateway {
     config: Config,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// The services' OpenAPI documents, and their merge for the version
+    /// in force.
+    documents: OnceLock<Vec<Value>>,
+    merged: Mutex<Option<(u64, Bytes)>>,
 }
 
 impl Gateway {
@@ -97,7 +108,34 @@ impl Gateway {
             metrics: counted,
             config: config.clone(),
             reloading: Mutex::new(()),
+            documents: OnceLock::new(),
+            merged: Mutex::new(None),
         }))
+    }
+
+    /// Gives the services' OpenAPI documents, merged into the public one
+    /// for each configuration version; refused if they conflict.
+    pub fn publish(&self, documents: Vec<Value>) -> Result<(), String> {
+        openapi::merge(&documents, &self.snapshot().table)?;
+        self.documents
+            .set(documents)
+            .map_err(|_| "the documents were given already".to_owned())
+    }
+
+    /// The public OpenAPI document for the routes in force.
+    pub fn document(&self) -> Result<Bytes, String> {
+        let snapshot = self.snapshot();
+        let mut merged = self.merged.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((version, document)) = merged.as_ref()
+            && *version == snapshot.version
+        {
+            return Ok(document.clone());
+        }
+        let documents = self.documents.get().map_or(&[][..], Vec::as_slice);
+        let document = openapi::merge(documents, &snapshot.table)?;
+        let document = Bytes::from(serde_json::to_vec(&document).map_err(|e| e.to_string())?);
+        *merged = Some((snapshot.version, document.clone()));
+        Ok(document)
     }
 
     /// The configuration in force.
@@ -257,6 +295,23 @@ fn build(
         };
         services.insert(name.clone(), service);
     }
+    if settings.headers_max_bytes == 0 || settings.headers_max_bytes > HEADERS_MAX_BYTES_LIMIT {
+        return Err(kit::config::ConfigError::Invalid(format!(
+            "[gateway] headers_max_bytes must be in 1..={HEADERS_MAX_BYTES_LIMIT}"
+        ))
+        .into());
+    }
+    let cors = Cors::compile(&settings.cors).map_err(kit::config::ConfigError::Invalid)?;
+    let shared_limits = match &settings.rate_limit_redis_url {
+        None => None,
+        Some(url) => match previous.and_then(|p| p.shared_limits.as_ref()) {
+            Some(same) if same.url == *url => Some(same.clone()),
+            _ => Some(Arc::new(
+                SharedLimits::new(url, metrics.rate_limit_store_errors.clone())
+                    .map_err(kit::config::ConfigError::Invalid)?,
+            )),
+        },
+    };
     let loaded_at_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -266,6 +321,8 @@ fn build(
         settings,
         table,
         services,
+        shared_limits,
+        cors,
     })
 }
 

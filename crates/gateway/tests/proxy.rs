@@ -98,6 +98,8 @@ async fn setup() -> Setup {
 filter = "warn"
 [auth]
 jwks_url = "{jwks}"
+[gateway.cors]
+allowed_origins = ["https://shop.example"]
 [gateway.services.identity]
 urls = ["{identity}"]
 [gateway.services.users]
@@ -382,4 +384,114 @@ async fn rate_limits_count_per_client_ip_or_per_verified_user() {
         200,
         "another user, same IP: a limit of their own"
     );
+}
+
+#[tokio::test]
+async fn cross_origin_requests_from_allowed_origins_only() {
+    let setup = setup().await;
+    let shop = "https://shop.example";
+    let preflight = setup
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            setup.gateway.url("/api/v1/users/me"),
+        )
+        .header("origin", shop)
+        .header("access-control-request-method", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], shop);
+    assert_eq!(headers["access-control-allow-methods"], "GET, PATCH");
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    assert_eq!(headers["access-control-max-age"], "600");
+    assert_eq!(headers["vary"], "origin");
+    let not_taken = setup
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            setup.gateway.url("/api/v1/users/me"),
+        )
+        .header("origin", shop)
+        .header("access-control-request-method", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(not_taken, 405, "method_not_allowed").await;
+
+    let get = setup
+        .http
+        .get(setup.gateway.url("/turns/x"))
+        .header("origin", shop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.headers()["access-control-allow-origin"], shop);
+    assert!(
+        get.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("etag")
+    );
+    let refused = setup
+        .http
+        .get(setup.gateway.url("/api/v1/users/me"))
+        .header("origin", shop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        shop,
+        "a page can read the gateway's problems too"
+    );
+    assert_problem(refused, 401, "invalid_token").await;
+
+    let evil = setup
+        .http
+        .get(setup.gateway.url("/turns/x"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    assert_problem(evil, 403, "forbidden").await;
+    let no_origin = setup.get("/turns/x", None).await;
+    assert!(
+        no_origin
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_with_431() {
+    let setup = setup().await;
+    let big = "x".repeat(40 * 1024);
+    let refused = setup
+        .http
+        .get(setup.gateway.url("/turns/x"))
+        .header("x-big", big)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, 431, "headers_too_large").await;
+    let fine = "x".repeat(8 * 1024);
+    let taken = setup
+        .http
+        .get(setup.gateway.url("/turns/x"))
+        .header("x-big", fine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 200);
 }

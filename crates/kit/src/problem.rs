@@ -49,6 +49,7 @@ codes! {
     EmailTaken => (StatusCode::CONFLICT, "email_taken", "An account with this email already exists"),
     PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed", "The resource changed since you read it (If-Match)"),
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large"),
+    HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "The request headers are too large"),
     UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The request body must be application/json"),
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "The request is well-formed but its values are invalid"),
     RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests; retry later"),

@@ -23,7 +23,11 @@ pub const ROLES: &[Role] = &[
     Role {
         name: gateway::ROLE,
         serve: |config| {
-            Box::pin(async move { gateway::serve(&config).await.map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                gateway::serve(&config, public_documents())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         },
         openapi: None,
         front_door: true,
@@ -45,6 +49,17 @@ pub const ROLES: &[Role] = &[
         front_door: false,
     },
 ];
+
+/// The services' OpenAPI documents, for the gateway to merge.
+pub fn public_documents() -> Vec<serde_json::Value> {
+    ROLES
+        .iter()
+        .filter_map(|role| role.openapi)
+        .map(|document| {
+            serde_json::from_str(&document()).expect("a role's OpenAPI document is JSON")
+        })
+        .collect()
+}
 
 pub fn find(name: &str) -> Result<&'static Role, String> {
     ROLES.iter().find(|r| r.name == name).ok_or_else(|| {

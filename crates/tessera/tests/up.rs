@@ -176,6 +176,49 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
     );
     assert!(metrics.contains("tessera_gateway_upstream_requests_total"));
 
+    // The public API in one document, and a page to read it.
+    let document: Value = http
+        .get(format!("{gateway}/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = document["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/users/me",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(paths.contains_key(path), "{path} in {paths:?}");
+    }
+    assert!(paths.keys().all(|p| !p.starts_with("/internal")));
+    assert!(document["components"]["schemas"]["ProfileView"].is_object());
+    let docs = http
+        .get(format!("{gateway}/api/docs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    let page = docs.text().await.unwrap();
+    for asset in ["swagger-ui.css", "swagger-ui-bundle.js", "init.js"] {
+        assert!(page.contains(&format!("/api/docs/{asset}")), "{page}");
+        let served = http
+            .get(format!("{gateway}/api/docs/{asset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), 200, "{asset}");
+        assert!(served.bytes().await.unwrap().len() > 50, "{asset}");
+    }
+
     let victim = pid_of(&entries, "gateway", 0);
     signal(victim, libc::SIGKILL);
     let entries = up.wait_for(Duration::from_secs(10), |e| {

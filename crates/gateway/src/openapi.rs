@@ -1,0 +1,222 @@
+//! The public API as one OpenAPI document (`GET /api/openapi.json` on the
+//! public port): the services' own documents merged, keeping only the
+//! operations a route in force takes — what a client of the gateway can
+//! call — and a Swagger UI page over it at `/api/docs`, its assets
+//! embedded in the binary.
+
+use std::collections::BTreeSet;
+
+use axum::response::{Html, IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, header};
+use serde_json::{Map, Value, json};
+
+use crate::routes::{Matched, RouteTable};
+
+/// Where the merged document and the docs page are served.
+pub const DOCUMENT_PATH: &str = "/api/openapi.json";
+pub const DOCS_PATH: &str = "/api/docs";
+
+const OPERATIONS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Merges `documents` into one, keeping the operations `table` routes.
+/// Two documents defining one component differently, or one path, are a
+/// conflict: refused, naming it.
+pub fn merge(documents: &[Value], table: &RouteTable) -> Result<Value, String> {
+    let mut paths = Map::new();
+    let mut components: Map<String, Value> = Map::new();
+    let mut tags: Vec<Value> = Vec::new();
+    let mut tag_names = BTreeSet::new();
+    for document in documents {
+        let title = document["info"]["title"].as_str().unwrap_or("a document");
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            let Some(item) = item.as_object() else {
+                continue;
+            };
+            let routed: Map<String, Value> = item
+                .iter()
+                .filter(|(key, _)| {
+                    !OPERATIONS.contains(&key.as_str())
+                        || Method::from_bytes(key.to_ascii_uppercase().as_bytes())
+                            .is_ok_and(|method| takes(table, &method, path))
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !routed.keys().any(|k| OPERATIONS.contains(&k.as_str())) {
+                continue;
+            }
+            if paths.insert(path.clone(), Value::Object(routed)).is_some() {
+                return Err(format!(
+                    "{title}: the path {path} is in another document too"
+                ));
+            }
+        }
+        for (kind, entries) in document["components"].as_object().into_iter().flatten() {
+            let merged = components
+                .entry(kind.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            for (name, value) in entries.as_object().into_iter().flatten() {
+                match merged.get(name) {
+                    Some(known) if known != value => {
+                        return Err(format!(
+                            "{title}: components.{kind}.{name} differs from another document's"
+                        ));
+                    }
+                    _ => {
+                        merged[name] = value.clone();
+                    }
+                }
+            }
+        }
+        for tag in document["tags"].as_array().into_iter().flatten() {
+            if let Some(name) = tag["name"].as_str()
+                && tag_names.insert(name.to_owned())
+            {
+                tags.push(tag.clone());
+            }
+        }
+    }
+    Ok(json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tessera API",
+            "description": "Every public route, through the gateway. Errors are RFC 9457 problem details with a stable `code`; the gateway adds its own (429 rate_limited, 503 overloaded or circuit_open, 502, 504).",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "paths": paths,
+        "components": components,
+        "tags": tags,
+    }))
+}
+
+/// Whether a route takes `method` on `template` (each `{param}` segment
+/// stands for any one segment).
+fn takes(table: &RouteTable, method: &Method, template: &str) -> bool {
+    let concrete: Vec<&str> = template
+        .split('/')
+        .map(|s| {
+            if s.starts_with('{') && s.ends_with('}') {
+                "x"
+            } else {
+                s
+            }
+        })
+        .collect();
+    matches!(
+        table.find(method, &concrete.join("/"), None, &HeaderMap::new()),
+        Matched::Route(_)
+    )
+}
+
+/// The docs page: Swagger UI over [`DOCUMENT_PATH`], scripts and styles
+/// from this gateway only.
+pub fn docs_page() -> Response {
+    let page = format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Tessera API</title>
+<link rel="stylesheet" href="{DOCS_PATH}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{DOCS_PATH}/swagger-ui-bundle.js"></script>
+<script src="{DOCS_PATH}/init.js"></script>
+</body>
+</html>
+"#
+    );
+    let mut response = Html(page).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+/// Starts Swagger UI on the merged document (a file of its own: the page
+/// runs no inline script).
+pub fn docs_init() -> Response {
+    let script = format!(
+        "window.ui = SwaggerUIBundle({{ url: '{DOCUMENT_PATH}', dom_id: '#swagger-ui' }});\n"
+    );
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        script,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::GatewayMetrics;
+    use crate::routes::RouteConfig;
+
+    fn table() -> RouteTable {
+        let route: RouteConfig = toml::from_str(
+            "name = \"a\"\npath = \"/a/{id}\"\nmethods = [\"GET\"]\nservice = \"s\"",
+        )
+        .unwrap();
+        RouteTable::compile(
+            &[route],
+            &["s".to_string()].into(),
+            &GatewayMetrics::default(),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn document(title: &str, paths: Value, problem: Value) -> Value {
+        json!({
+            "info": {"title": title},
+            "paths": paths,
+            "components": {"schemas": {"Problem": problem}},
+            "tags": [{"name": "t"}],
+        })
+    }
+
+    #[test]
+    fn only_routed_operations_are_published() {
+        let one = document(
+            "one",
+            json!({
+                "/a/{id}": {"get": {"summary": "read"}, "post": {}, "parameters": []},
+                "/internal/x": {"get": {}},
+            }),
+            json!({"type": "object"}),
+        );
+        let two = document("two", json!({"/b": {"get": {}}}), json!({"type": "object"}));
+        let merged = merge(&[one, two], &table()).unwrap();
+        assert_eq!(
+            merged["paths"],
+            json!({"/a/{id}": {"get": {"summary": "read"}, "parameters": []}})
+        );
+        assert_eq!(merged["tags"], json!([{"name": "t"}]), "tags once");
+        assert_eq!(merged["components"]["schemas"]["Problem"]["type"], "object");
+    }
+
+    #[test]
+    fn conflicting_documents_are_refused_by_name() {
+        let one = document("one", json!({}), json!({"type": "object"}));
+        let two = document("two", json!({}), json!({"type": "string"}));
+        let conflict = merge(&[one.clone(), two], &table()).unwrap_err();
+        assert!(
+            conflict.contains("components.schemas.Problem"),
+            "{conflict}"
+        );
+        let same_path = document(
+            "three",
+            json!({"/a/{id}": {"get": {}}}),
+            json!({"type": "object"}),
+        );
+        let conflict = merge(&[same_path.clone(), same_path], &table()).unwrap_err();
+        assert!(conflict.contains("/a/{id}"), "{conflict}");
+    }
+}
