@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod state;
 pub mod upstream;
@@ -131,20 +132,32 @@ pub async fn serve(
             on_hangup.reload_logged("SIGHUP");
         }
     });
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(server::tls_acceptor)
+        .transpose()
+        .map_err(kit::config::ConfigError::Invalid)?;
     let public = kit::listen::inherited_or_bind(settings.listen).await?;
     let admin = kit::listen::admin_inherited_or_bind(settings.admin_listen).await?;
     tracing::info!(
         addr = %public.local_addr()?,
         admin = %admin.local_addr()?,
+        tls = settings.tls.is_some(),
         routes = gateway.snapshot().table.routes().len(),
         "gateway listening"
     );
     let grace = std::time::Duration::from_millis(common.http.shutdown_grace_ms);
-    let public = kit::http::serve(
+    let serving = server::Serving {
+        tls,
+        header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
+        grace,
+    };
+    let public = server::serve(
         public,
         public_router(gateway.clone(), metrics.clone()),
+        serving,
         kit::http::shutdown_signal(),
-        grace,
     );
     let admin = kit::http::serve(
         admin,

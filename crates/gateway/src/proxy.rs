@@ -12,15 +12,18 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
 use kit::auth::Principal;
 use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 
+use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
+use crate::server::ClientTls;
 use crate::state::{Gateway, Snapshot};
-use crate::upstream::Instance;
+use crate::upstream::{Instance, Service};
 use crate::{path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
@@ -138,7 +141,7 @@ async fn forward(
     peer: SocketAddr,
     request: Request,
 ) -> Result<Response, Problem> {
-    let _permit = route.concurrency.clone().try_acquire_owned().map_err(|_| {
+    let permit = route.concurrency.clone().try_acquire_owned().map_err(|_| {
         route.shed.inc();
         Problem::new(Code::Overloaded)
             .detail(format!("route {} is at its concurrency limit", route.name))
@@ -171,6 +174,9 @@ async fn forward(
         .services
         .get(&route.service)
         .ok_or_else(|| Problem::new(Code::Unavailable))?;
+    if wants_upgrade(&request) {
+        return upgrade(gateway, route, service, peer, caller, request, permit).await;
+    }
     let safe = retry::is_safe(request.method(), request.headers());
     // The route's timeout covers reading the body and the whole exchange.
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -193,50 +199,18 @@ async fn forward(
         let in_flight = service
             .pick_except(&tried, &prepared.headers)
             .or_else(|| service.pick(&prepared.headers))
-            .ok_or_else(|| {
-                Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
-            })?;
+            .ok_or_else(|| no_instance(service))?;
         tried.push(in_flight.instance().clone());
-        let admitted = service.breaker.admit().map_err(|wait| {
-            Problem::new(Code::CircuitOpen)
-                .detail(format!(
-                    "{} is failing; requests to it are refused",
-                    service.name
-                ))
-                .retry_after(wait)
-        })?;
+        let admitted = admit(service)?;
         let sent = gateway.client.request(prepared.to(in_flight.instance())?);
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout_at(deadline, sent).await;
         service.latency.observe(started.elapsed().as_secs_f64());
-        let status = match &outcome {
-            Ok(Ok(response)) => Some(response.status().as_u16()),
-            _ => None,
-        };
-        in_flight.instance().answered(status);
+        settle(service, in_flight.instance(), admitted, &outcome);
         let failure = match outcome {
-            Err(_) => {
-                service.breaker.record(admitted, false);
-                return Err(Problem::new(Code::UpstreamTimeout).detail(format!(
-                    "{} did not answer within {} ms",
-                    route.service,
-                    route.timeout.as_millis()
-                )));
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(service = %route.service, instance = %in_flight.instance().base, %error, "upstream failed");
-                service.failed(in_flight.instance());
-                service.breaker.record(admitted, false);
-                Failure::Unreachable
-            }
+            Err(_) => return Err(too_slow(route)),
+            Ok(Err(_)) => Failure::Unreachable,
             Ok(Ok(response)) => {
-                let ok = !response.status().is_server_error();
-                if ok {
-                    service.succeeded(in_flight.instance());
-                } else {
-                    service.failed(in_flight.instance());
-                }
-                service.breaker.record(admitted, ok);
                 if !(safe && RETRY_STATUSES.contains(&response.status())) {
                     return Ok(finish(response));
                 }
@@ -249,8 +223,7 @@ async fn forward(
         if !retry || tokio::time::Instant::now() + wait >= deadline {
             return match failure {
                 Failure::Answered(response) => Ok(finish(response)),
-                Failure::Unreachable => Err(Problem::new(Code::BadGateway)
-                    .detail(format!("{} could not be reached", route.service))),
+                Failure::Unreachable => Err(unreachable(route)),
             };
         }
         retries += 1;
@@ -258,6 +231,141 @@ async fn forward(
         tracing::debug!(route = %route.name, retries, "retrying on another instance");
         tokio::time::sleep(wait).await;
     }
+}
+
+type Outcome = Result<
+    Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// An attempt's outcome, told to whom it concerns: the instance's answer
+/// counts, its failures (no answer, 5xx) lead to ejection, the breaker
+/// counts successes and failures (a timeout is one).
+fn settle(service: &Service, instance: &Instance, admitted: Admitted, outcome: &Outcome) {
+    let status = match outcome {
+        Ok(Ok(response)) => Some(response.status()),
+        _ => None,
+    };
+    instance.answered(status.map(|s| s.as_u16()));
+    let ok = match (outcome, status) {
+        (Err(_), _) => false,
+        (Ok(Err(error)), _) => {
+            tracing::warn!(service = %service.name, instance = %instance.base, %error, "upstream failed");
+            service.failed(instance);
+            false
+        }
+        (Ok(Ok(_)), status) => {
+            let ok = !status.is_some_and(|s| s.is_server_error());
+            if ok {
+                service.succeeded(instance);
+            } else {
+                service.failed(instance);
+            }
+            ok
+        }
+    };
+    service.breaker.record(admitted, ok);
+}
+
+fn admit(service: &Service) -> Result<Admitted, Problem> {
+    service.breaker.admit().map_err(|wait| {
+        Problem::new(Code::CircuitOpen)
+            .detail(format!(
+                "{} is failing; requests to it are refused",
+                service.name
+            ))
+            .retry_after(wait)
+    })
+}
+
+fn no_instance(service: &Service) -> Problem {
+    Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
+}
+
+fn unreachable(route: &Route) -> Problem {
+    Problem::new(Code::BadGateway).detail(format!("{} could not be reached", route.service))
+}
+
+fn too_slow(route: &Route) -> Problem {
+    Problem::new(Code::UpstreamTimeout).detail(format!(
+        "{} did not answer within {} ms",
+        route.service,
+        route.timeout.as_millis()
+    ))
+}
+
+/// An HTTP/1.1 request to switch protocols (a WebSocket handshake).
+fn wants_upgrade(request: &Request) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Passes a protocol switch on: the handshake goes to one instance (never
+/// retried: the upstream may have acted on it), and once it answers 101
+/// both connections are joined, byte for byte, until either side closes.
+/// The session holds the route's concurrency permit and counts as a
+/// request in flight on its instance for as long as it lasts.
+async fn upgrade(
+    gateway: &Gateway,
+    route: &Route,
+    service: &Service,
+    peer: SocketAddr,
+    caller: Option<Principal>,
+    mut request: Request,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Response, Problem> {
+    let protocol = request.headers().get(header::UPGRADE).cloned();
+    let client_side = hyper::upgrade::on(&mut request);
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let prepared = prepare(request, peer, caller, route.body_max_bytes).await?;
+    let in_flight = service
+        .pick(&prepared.headers)
+        .ok_or_else(|| no_instance(service))?;
+    let admitted = admit(service)?;
+    let mut outgoing = prepared.to(in_flight.instance())?;
+    outgoing
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(protocol) = protocol {
+        outgoing.headers_mut().insert(header::UPGRADE, protocol);
+    }
+    let outcome = tokio::time::timeout_at(deadline, gateway.client.request(outgoing)).await;
+    settle(service, in_flight.instance(), admitted, &outcome);
+    let mut response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => return Err(unreachable(route)),
+        Err(_) => return Err(too_slow(route)),
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(finish(response));
+    }
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    // The switch's own headers (Connection, Upgrade) go back as they came.
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let route_name = route.name.clone();
+    tokio::spawn(async move {
+        let (_permit, _in_flight) = (permit, in_flight);
+        let (client, upstream) = match tokio::join!(client_side, upstream_side) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(route = %route_name, %error, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(route = %route_name, %error, "upgraded connection ended");
+        }
+    });
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
 /// The upstream's answer as the client gets it.
@@ -279,10 +387,12 @@ fn route<'a>(
     if path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/")) {
         return Err(Problem::new(Code::NotFound));
     }
+    // HTTP/2 requests name the host in the URI, HTTP/1.1 ones in `Host`.
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .map(|h| {
             h.rsplit_once(':')
                 .map_or(h, |(name, _)| name)
@@ -380,6 +490,7 @@ async fn prepare(
     if declared.is_some_and(|n| n > body_max_bytes) {
         return Err(too_large());
     }
+    let tls = request.extensions().get::<ClientTls>().is_some();
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, body_max_bytes)
         .await
@@ -421,7 +532,8 @@ async fn prepare(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(trace) = kit::telemetry::current_trace()
         && let Ok(traceparent) = HeaderValue::from_str(&trace.traceparent())
     {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::BreakerSettings;
 use crate::cors::CorsSettings;
 use crate::routes::RouteConfig;
+use crate::server::TlsSettings;
 use crate::upstream::HealthCheck;
 
 /// The routes the gateway ships with: every public route of the system.
@@ -27,6 +28,9 @@ pub const DNS_INTERVAL_MS_MAX: u64 = 3_600_000;
 pub struct GatewaySettings {
     /// The public port.
     pub listen: SocketAddr,
+    /// With a certificate, the public port speaks TLS (HTTP/2 and
+    /// HTTP/1.1 by ALPN); without, plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsSettings>,
     /// The admin port (metrics, health, the admin API): loopback by default.
     pub admin_listen: SocketAddr,
     /// When set, `/admin/*` on the admin port needs `Authorization: Bearer`
@@ -41,6 +45,9 @@ pub struct GatewaySettings {
     /// Requests whose header names and values add up to more are refused
     /// with 431 (at most [`HEADERS_MAX_BYTES_LIMIT`]).
     pub headers_max_bytes: usize,
+    /// A request head must arrive within this long, or the connection is
+    /// closed (slow clients hold no connection forever).
+    pub header_read_timeout_ms: u64,
     /// Cross-origin requests from browsers; off until origins are named.
     pub cors: CorsSettings,
     /// Replaces the shipped routes when given.
@@ -173,10 +180,12 @@ impl Default for GatewaySettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            tls: None,
             admin_token: None,
             watch_config: true,
             rate_limit_redis_url: None,
             headers_max_bytes: 32 * 1024,
+            header_read_timeout_ms: 10_000,
             cors: CorsSettings::default(),
             routes: default_routes(),
             services: [

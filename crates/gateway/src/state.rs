@@ -301,6 +301,12 @@ fn build(
         ))
         .into());
     }
+    if settings.header_read_timeout_ms == 0 {
+        return Err(kit::config::ConfigError::Invalid(
+            "[gateway] header_read_timeout_ms must be > 0".into(),
+        )
+        .into());
+    }
     let cors = Cors::compile(&settings.cors).map_err(kit::config::ConfigError::Invalid)?;
     let shared_limits = match &settings.rate_limit_redis_url {
         None => None,

@@ -1,0 +1,220 @@
+//! The public port's server: TLS with HTTP/2 or HTTP/1.1 by ALPN, h2c by
+//! prior knowledge, a bound on slow request heads, a drain on shutdown.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use gateway::server::{Serving, TlsSettings};
+use kit::config::Config;
+use kit::testing::TestServer;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Answers with the request's `x-forwarded-proto`; `/slow` after 500 ms;
+/// `/ws` echoes WebSocket messages.
+fn upstream() -> Router {
+    Router::new()
+        .route(
+            "/api/ws",
+            get(|upgrade: WebSocketUpgrade| async move {
+                upgrade.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if socket.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+        .route(
+            "/api/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "late"
+            }),
+        )
+        .fallback(|request: Request| async move {
+            let proto = request.headers().get("x-forwarded-proto").cloned();
+            axum::Json(json!({ "proto": proto.and_then(|p| p.to_str().ok().map(String::from)) }))
+        })
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _upstream: TestServer,
+}
+
+async fn start(tls: Option<TlsSettings>, header_read_timeout: Duration) -> Running {
+    let upstream = TestServer::start(upstream()).await;
+    let toml = format!(
+        "[log]\nfilter = \"error\"\n[gateway.services.up]\nurls = [\"{}\"]\n[[gateway.routes]]\nname = \"api\"\nprefix = \"/api/\"\nservice = \"up\"\nauth = \"none\"\n[[gateway.routes]]\nname = \"private\"\nprefix = \"/private/\"\nservice = \"up\"\n",
+        upstream.url("")
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let metrics = kit::telemetry::Metrics::new("gateway");
+    let opened = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = Serving {
+        tls: tls.map(|t| gateway::server::tls_acceptor(&t).unwrap()),
+        header_read_timeout,
+        grace: Duration::from_secs(5),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway::server::serve(
+        listener,
+        gateway::public_router(opened, metrics),
+        serving,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        addr,
+        stop: Some(stop),
+        served,
+        _upstream: upstream,
+    }
+}
+
+/// A certificate for `localhost`, written where the gateway reads it.
+fn certificate(dir: &std::path::Path) -> (TlsSettings, reqwest::Certificate) {
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, issued.cert.pem()).unwrap();
+    std::fs::write(&key_path, issued.key_pair.serialize_pem()).unwrap();
+    let trusted = reqwest::Certificate::from_pem(issued.cert.pem().as_bytes()).unwrap();
+    (
+        TlsSettings {
+            cert_path,
+            key_path,
+        },
+        trusted,
+    )
+}
+
+#[tokio::test]
+async fn tls_offers_http2_and_http1_and_says_https_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, trusted) = certificate(dir.path());
+    let running = start(Some(settings), Duration::from_secs(10)).await;
+    let url = format!("https://localhost:{}/api/x", running.addr.port());
+    for (http1_only, version) in [
+        (false, http::Version::HTTP_2),
+        (true, http::Version::HTTP_11),
+    ] {
+        let mut client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(trusted.clone())
+            .resolve("localhost", running.addr);
+        if http1_only {
+            client = client.http1_only();
+        }
+        let answer = client.build().unwrap().get(&url).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.version(), version);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["proto"], "https");
+    }
+    let plain = reqwest::get(format!("http://{}/api/x", running.addr)).await;
+    assert!(plain.is_err(), "no plain HTTP on a TLS port");
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = TlsSettings {
+        cert_path: dir.path().join("nope.pem"),
+        key_path: dir.path().join("nope.key"),
+    };
+    let refused = gateway::server::tls_acceptor(&missing).err().unwrap();
+    assert!(refused.contains("tls.cert_path"), "{refused}");
+}
+
+#[tokio::test]
+async fn plain_http_takes_h2c_by_prior_knowledge() {
+    let running = start(None, Duration::from_secs(10)).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = client
+        .get(format!("http://{}/api/x", running.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), http::Version::HTTP_2);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["proto"], "http");
+}
+
+#[tokio::test]
+async fn a_head_too_slow_to_arrive_loses_its_connection() {
+    let running = start(None, Duration::from_millis(300)).await;
+    let mut slow = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_under_way_finish() {
+    let mut running = start(None, Duration::from_secs(10)).await;
+    let url = format!("http://{}/api/slow", running.addr);
+    let under_way = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    running.stop.take().unwrap().send(()).unwrap();
+    let answer = under_way.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "late");
+    running.served.await.unwrap().unwrap();
+    let after = reqwest::get(format!("http://{}/api/x", running.addr)).await;
+    assert!(after.is_err(), "the port is closed");
+}
+
+#[tokio::test]
+async fn websockets_pass_through_after_the_gateway_checks_them() {
+    let running = start(None, Duration::from_secs(10)).await;
+    let (mut socket, handshake) =
+        tokio_tungstenite::connect_async(format!("ws://{}/api/ws", running.addr))
+            .await
+            .unwrap();
+    assert_eq!(handshake.status(), 101);
+    for text in ["hello", "through the gateway"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    socket.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2])
+    );
+    socket.close(None).await.unwrap();
+
+    // A route that wants a token refuses the handshake without one.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/private/ws", running.addr))
+        .await
+        .err()
+        .unwrap();
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("{other}"),
+    }
+}
