@@ -384,21 +384,24 @@ fn route<'a>(
 ) -> Result<&'a Route, Problem> {
     let path = request.uri().path();
     path::check(path).map_err(|e| Problem::new(Code::MalformedRequest).detail(e.to_string()))?;
-    if path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/")) {
+    if path
+        .strip_prefix(RESERVED_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
         return Err(Problem::new(Code::NotFound));
     }
-    // HTTP/2 requests name the host in the URI, HTTP/1.1 ones in `Host`.
+    // HTTP/2 requests name the host in the URI, HTTP/1.1 ones in `Host`;
+    // the port is not part of the match, nor is case.
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .map(|h| {
-            h.rsplit_once(':')
-                .map_or(h, |(name, _)| name)
-                .to_ascii_lowercase()
+        .map(|h| match h.rsplit_once(':') {
+            Some((name, port)) if !port.contains(']') => name,
+            _ => h,
         });
-    match table.find(method, path, host.as_deref(), request.headers()) {
+    match table.find(method, path, host, request.headers()) {
         Matched::Route(route) => Ok(route),
         Matched::MethodNotAllowed(allowed) => {
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();

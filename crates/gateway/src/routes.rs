@@ -138,7 +138,10 @@ pub struct Route {
 impl Route {
     fn takes(&self, method: &Method, host: Option<&str>, headers: &HeaderMap) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
-            && self.host.as_deref().is_none_or(|h| host == Some(h))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| host.is_some_and(|given| given.eq_ignore_ascii_case(h)))
             && self
                 .headers
                 .iter()

@@ -141,7 +141,8 @@ pub struct Common {
     pub auth: AuthSettings,
     /// The gateways a service instance registers with.
     pub registry: crate::registry::RegistrySettings,
-    /// Threads that serve requests in `tessera serve`; 0 means one per core.
+    /// Threads that serve requests in `tessera serve`; 0 means one per
+    /// core, 1 a single-threaded runtime.
     pub worker_threads: usize,
 }
 

@@ -143,12 +143,8 @@ pub fn observed(router: Router, metrics: Metrics) -> Router {
 /// Outermost layer: trace context, request id, access log, metrics, panics.
 async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = telemetry::method_label(req.method());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let trace = TraceContext::continue_or_start(
         req.headers()
             .get("traceparent")
@@ -166,7 +162,9 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
                 .into_uuid()
                 .to_string()
         });
-    let path = req.uri().path().to_owned();
+    // A clone of the URI shares its bytes: no copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
 
     metrics.in_flight.inc();
     let response = telemetry::in_trace(
@@ -191,9 +189,9 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
         }
     };
 
-    let route = match response.extensions().get::<telemetry::RouteName>() {
-        Some(name) => name.0.clone(),
-        None => route,
+    let route = match response.extensions_mut().remove::<telemetry::RouteName>() {
+        Some(name) => name.0,
+        None => matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned()),
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -212,7 +210,7 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
-    if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
         tracing::info!(
             trace_id = %trace.trace_id,
             request_id = %request_id,

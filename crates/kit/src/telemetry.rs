@@ -4,6 +4,7 @@
 //! created) held in a task-local, so that logs, problem bodies and outgoing
 //! calls carry the same trace id without threading it through every call.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -116,7 +117,8 @@ pub fn current_trace_id() -> Option<String> {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// Borrowed for the standard methods: no allocation per request.
+    pub method: Cow<'static, str>,
     /// The route template (`/api/v1/users/{id}`), never the raw path, so
     /// that label cardinality stays bounded.
     pub route: String,
@@ -125,8 +127,31 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub route: String,
+}
+
+/// A method as a label value, without allocating for the standard ones.
+pub fn method_label(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let standard = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match standard.iter().position(|m| m == method) {
+        Some(i) => Cow::Borrowed(NAMES[i]),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
 }
 
 /// The Prometheus registry of one process and the HTTP metrics every

@@ -88,9 +88,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// A runtime with `worker_threads` threads, or one per core for 0.
+/// The runtime a role serves on: one thread runs everything itself (no
+/// work stealing, no cross-thread wake-ups); more share the work.
 fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 0 {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if worker_threads > 1 {
         builder.worker_threads(worker_threads);
     }
     builder
