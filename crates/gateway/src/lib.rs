@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod openapi;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;

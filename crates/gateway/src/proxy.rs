@@ -19,6 +19,7 @@ use kit::problem::{Code, Problem};
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
+use crate::pool::{PooledBody, SendError};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
 use crate::server::ClientTls;
@@ -131,7 +132,7 @@ enum Failure {
     /// No answer: the connection failed or broke.
     Unreachable,
     /// An answer worth retrying; returned as it is if no retry follows.
-    Answered(http::Response<hyper::body::Incoming>),
+    Answered(http::Response<PooledBody>),
 }
 
 async fn forward(
@@ -175,7 +176,7 @@ async fn forward(
         .get(&route.service)
         .ok_or_else(|| Problem::new(Code::Unavailable))?;
     if wants_upgrade(&request) {
-        return upgrade(gateway, route, service, peer, caller, request, permit).await;
+        return upgrade(route, service, peer, caller, request, permit).await;
     }
     let safe = retry::is_safe(request.method(), request.headers());
     // The route's timeout covers reading the body and the whole exchange.
@@ -202,7 +203,10 @@ async fn forward(
             .ok_or_else(|| no_instance(service))?;
         tried.push(in_flight.instance().clone());
         let admitted = admit(service)?;
-        let sent = gateway.client.request(prepared.to(in_flight.instance())?);
+        let instance = in_flight.instance();
+        let sent = instance
+            .pool
+            .send(prepared.to(instance), route.connect_timeout);
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout_at(deadline, sent).await;
         service.latency.observe(started.elapsed().as_secs_f64());
@@ -233,10 +237,7 @@ async fn forward(
     }
 }
 
-type Outcome = Result<
-    Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-    tokio::time::error::Elapsed,
->;
+type Outcome = Result<Result<http::Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
 
 /// An attempt's outcome, told to whom it concerns: the instance's answer
 /// counts, its failures (no answer, 5xx) lead to ejection, the breaker
@@ -313,7 +314,6 @@ fn wants_upgrade(request: &Request) -> bool {
 /// The session holds the route's concurrency permit and counts as a
 /// request in flight on its instance for as long as it lasts.
 async fn upgrade(
-    gateway: &Gateway,
     route: &Route,
     service: &Service,
     peer: SocketAddr,
@@ -329,15 +329,17 @@ async fn upgrade(
         .pick(&prepared.headers)
         .ok_or_else(|| no_instance(service))?;
     let admitted = admit(service)?;
-    let mut outgoing = prepared.to(in_flight.instance())?;
+    let instance = in_flight.instance().clone();
+    let mut outgoing = prepared.to(&instance);
     outgoing
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(protocol) = protocol {
         outgoing.headers_mut().insert(header::UPGRADE, protocol);
     }
-    let outcome = tokio::time::timeout_at(deadline, gateway.client.request(outgoing)).await;
-    settle(service, in_flight.instance(), admitted, &outcome);
+    let sent = instance.pool.send(outgoing, route.connect_timeout);
+    let outcome = tokio::time::timeout_at(deadline, sent).await;
+    settle(service, &instance, admitted, &outcome);
     let mut response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(_)) => return Err(unreachable(route)),
@@ -369,7 +371,7 @@ async fn upgrade(
 }
 
 /// The upstream's answer as the client gets it.
-fn finish(response: http::Response<hyper::body::Incoming>) -> Response {
+fn finish(response: http::Response<PooledBody>) -> Response {
     let mut response = response.map(Body::new);
     strip_hop_by_hop(response.headers_mut());
     response
@@ -461,17 +463,19 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn to(&self, instance: &Instance) -> Result<Request, Problem> {
+    /// The request for `instance`: origin-form target; the client's
+    /// `Host`, or the instance's when the client named none (HTTP/2).
+    fn to(&self, instance: &Instance) -> Request {
         let mut request = Request::new(Body::from(self.body.clone()));
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = http::Uri::builder()
-            .scheme(instance.scheme.clone())
-            .authority(instance.authority.clone())
-            .path_and_query(self.target.clone())
-            .build()
-            .map_err(|_| Problem::new(Code::MalformedRequest).detail("unusable request target"))?;
+        *request.uri_mut() = http::Uri::from(self.target.clone());
         *request.headers_mut() = self.headers.clone();
-        Ok(request)
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(instance.authority.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        request
     }
 }
 

@@ -63,6 +63,11 @@ pub struct RouteConfig {
     /// this long (504).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Opening a connection to an instance must take at most this long
+    /// (then the attempt failed, and a safe request goes elsewhere);
+    /// `timeout_ms` bounds it too.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     /// Retries of a failed request that is safe to repeat (see
     /// [`crate::retry`]); at most [`RETRIES_MAX`].
     #[serde(default = "default_retries")]
@@ -96,6 +101,10 @@ fn default_timeout_ms() -> u64 {
     15_000
 }
 
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
 fn default_retries() -> u32 {
     2
 }
@@ -123,6 +132,7 @@ pub struct Route {
     pub auth: AuthPolicy,
     pub roles: Vec<String>,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
     pub retries: u32,
     pub retry_backoff: Duration,
     pub body_max_bytes: usize,
@@ -232,6 +242,9 @@ impl RouteTable {
             if config.timeout_ms == 0 {
                 return Err(error("timeout_ms must be > 0".into()));
             }
+            if config.connect_timeout_ms == 0 {
+                return Err(error("connect_timeout_ms must be > 0".into()));
+            }
             if config.concurrency_max == 0 || config.concurrency_max > Semaphore::MAX_PERMITS {
                 return Err(error("concurrency_max must be > 0".into()));
             }
@@ -297,6 +310,9 @@ impl RouteTable {
                 auth: config.auth,
                 roles: config.roles.clone(),
                 timeout: Duration::from_millis(config.timeout_ms),
+                connect_timeout: Duration::from_millis(
+                    config.connect_timeout_ms.min(config.timeout_ms),
+                ),
                 retries: config.retries,
                 retry_backoff: Duration::from_millis(config.retry_backoff_ms),
                 body_max_bytes: config.body_max_bytes,
@@ -369,6 +385,7 @@ mod tests {
             auth: AuthPolicy::Required,
             roles: vec![],
             timeout_ms: 1000,
+            connect_timeout_ms: 500,
             retries: 2,
             retry_backoff_ms: 25,
             body_max_bytes: 1024,
@@ -467,6 +484,13 @@ mod tests {
             ),
             (
                 RouteConfig {
+                    connect_timeout_ms: 0,
+                    ..route("x", "/a")
+                },
+                "connect_timeout_ms must be > 0",
+            ),
+            (
+                RouteConfig {
                     retries: 6,
                     ..route("x", "/a")
                 },
@@ -512,7 +536,7 @@ mod tests {
         };
         let before = compile(&[limited.clone(), route("b", "/b")]).unwrap();
         let changed = RouteConfig {
-            timeout_ms: 5,
+            retries: 0,
             ..route("b", "/b")
         };
         let after = RouteTable::compile(

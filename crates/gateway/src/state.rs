@@ -11,9 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use kit::auth::{JwksClient, TokenVerifier};
 use kit::clock::SharedClock;
 use kit::config::Config;
@@ -27,13 +24,9 @@ use crate::metrics::GatewayMetrics;
 use crate::ratelimit::SharedLimits;
 use crate::routes::RouteTable;
 use crate::settings::{GatewaySettings, HEADERS_MAX_BYTES_LIMIT};
-use crate::upstream::{HealthCheck, Service};
+use crate::upstream::{HealthCheck, Instance, Service};
 use crate::{GatewayStartError, ROLE, openapi};
 
-/// Idle upstream connections kept per instance.
-pub const UPSTREAM_IDLE_PER_INSTANCE: usize = 64;
-/// An idle upstream connection is closed after this long.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the configuration file is looked at for a change, and
 /// expired registrations are let go.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,7 +59,6 @@ pub struct Gateway {
     current: ArcSwap<Snapshot>,
     pub registry: Registry,
     pub verifier: Arc<TokenVerifier>,
-    pub client: Client<HttpConnector, Body>,
     metrics: GatewayMetrics,
     /// The sources a reload reads again.
     config: Config,
@@ -96,15 +88,10 @@ impl Gateway {
             &common.auth,
             clock,
         ));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(UPSTREAM_IDLE_PER_INSTANCE)
-            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .build_http();
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(snapshot),
             registry,
             verifier,
-            client,
             metrics: counted,
             config: config.clone(),
             reloading: Mutex::new(()),
@@ -219,7 +206,7 @@ impl Gateway {
                 for service in snapshot.services.values() {
                     if !service.workers_started.swap(true, Ordering::Relaxed) {
                         let weak = Arc::downgrade(service);
-                        tokio::spawn(health_checks(weak.clone(), gateway.client.clone()));
+                        tokio::spawn(health_checks(weak.clone()));
                         if let Some(target) = service.settings.dns.clone() {
                             tokio::spawn(resolving(weak, target, Arc::downgrade(&gateway)));
                         }
@@ -334,7 +321,7 @@ fn build(
 
 /// Asks each instance of the service its health path every interval, for
 /// as long as the service is in force.
-async fn health_checks(service: Weak<Service>, client: Client<HttpConnector, Body>) {
+async fn health_checks(service: Weak<Service>) {
     let Some(interval) = service.upgrade().map(|s| s.health.interval) else {
         return;
     };
@@ -347,9 +334,10 @@ async fn health_checks(service: Weak<Service>, client: Client<HttpConnector, Bod
         };
         let mut checks = tokio::task::JoinSet::new();
         for instance in service.members().instances.iter().cloned() {
-            let (client, health) = (client.clone(), service.health.clone());
+            let health = service.health.clone();
             checks.spawn(async move {
-                instance.set_healthy(check(&client, &instance.base, &health).await);
+                instance.pool.evict_idle();
+                instance.set_healthy(check(&instance, &health).await);
             });
         }
         drop(service);
@@ -357,13 +345,17 @@ async fn health_checks(service: Weak<Service>, client: Client<HttpConnector, Bod
     }
 }
 
-async fn check(client: &Client<HttpConnector, Body>, base: &str, health: &HealthCheck) -> bool {
-    let Ok(uri) = format!("{base}{}", health.path).parse::<http::Uri>() else {
+async fn check(instance: &Instance, health: &HealthCheck) -> bool {
+    let Ok(uri) = health.path.parse::<http::Uri>() else {
         return false;
     };
     let mut request = http::Request::new(Body::empty());
     *request.uri_mut() = uri;
-    let answer = tokio::time::timeout(health.timeout, client.request(request)).await;
+    if let Ok(host) = http::HeaderValue::from_str(instance.authority.as_str()) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    let answer =
+        tokio::time::timeout(health.timeout, instance.pool.send(request, health.timeout)).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
 }
 

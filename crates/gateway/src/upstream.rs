@@ -17,6 +17,7 @@ use crate::breaker::Breaker;
 use crate::metrics::{
     ANSWER_CLASSES, AnswerLabels, GatewayMetrics, InstanceLabels, ServiceLabel, answer_class,
 };
+use crate::pool::Pool;
 use crate::retry::RetryBudget;
 use crate::settings::ServiceSettings;
 
@@ -37,9 +38,10 @@ pub const EJECTED_SHARE_MAX: f64 = 0.5;
 pub struct Instance {
     /// `scheme://host:port`, no path.
     pub base: String,
-    /// `base`, parsed once.
-    pub scheme: http::uri::Scheme,
+    /// `base`'s host and port, parsed once.
     pub authority: http::uri::Authority,
+    /// Keep-alive connections to it.
+    pub pool: Arc<Pool>,
     outstanding: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
@@ -55,7 +57,7 @@ impl Instance {
     /// An instance of `service` counted in `metrics`; `base` must be
     /// `http://host:port`.
     pub fn counted(base: &str, service: &str, metrics: &GatewayMetrics) -> Result<Self, String> {
-        let (scheme, authority) = parse_base(base)?;
+        let authority = parse_base(base)?;
         let base = base.trim_end_matches('/').to_owned();
         let answers = ANSWER_CLASSES.map(|class| {
             metrics
@@ -77,7 +79,7 @@ impl Instance {
         Ok(Self {
             answers,
             ejected_total,
-            scheme,
+            pool: Pool::new(authority.clone()),
             authority,
             base,
             outstanding: AtomicUsize::new(0),
@@ -125,16 +127,16 @@ impl Instance {
     }
 }
 
-/// The scheme and authority of `base`, which must be `http://host:port`.
-pub fn parse_base(base: &str) -> Result<(http::uri::Scheme, http::uri::Authority), String> {
+/// The authority of `base`, which must be `http://host:port`.
+pub fn parse_base(base: &str) -> Result<http::uri::Authority, String> {
     let uri: http::Uri = base.parse().map_err(|_| format!("{base:?} is not a URL"))?;
-    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+    let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) else {
         return Err(format!("{base:?} must be http://host:port"));
     };
     if uri.scheme_str() != Some("http") || uri.path() != "/" || uri.query().is_some() {
         return Err(format!("{base:?} must be http://host:port with no path"));
     }
-    Ok((scheme.clone(), authority.clone()))
+    Ok(authority.clone())
 }
 
 /// A request in flight on an instance; dropping it ends it.

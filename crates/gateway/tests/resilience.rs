@@ -305,3 +305,86 @@ async fn a_saturated_route_sheds_at_once_instead_of_queueing() {
         }
     }
 }
+
+/// A listener that never accepts, its backlog full: a connection to it
+/// hangs in the handshake (what an instance behind a dead host does).
+async fn unanswering() -> (String, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    // Fill the accept queue, until a handshake is never completed.
+    loop {
+        let connecting = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(100), connecting).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("{error}"),
+            Err(_) => break,
+        }
+    }
+    std::mem::forget(listener);
+    (format!("http://{addr}"), queued)
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_open_fails_the_attempt_at_the_connect_timeout() {
+    let (hanging, _queued) = unanswering().await;
+    let (ok, ok_hits) = counting(StatusCode::OK);
+    let ok = TestServer::start(ok).await;
+    let toml = format!(
+        r#"
+[log]
+filter = "error"
+[gateway.services.half]
+urls = ["{hanging}", "{ok}"]
+balance = "round_robin"
+[gateway.services.hanging]
+urls = ["{hanging}"]
+[[gateway.routes]]
+name = "half"
+prefix = "/half/"
+service = "half"
+auth = "none"
+timeout_ms = 5000
+connect_timeout_ms = 200
+retry_backoff_ms = 1
+[[gateway.routes]]
+name = "hanging"
+prefix = "/hanging/"
+service = "hanging"
+auth = "none"
+timeout_ms = 5000
+connect_timeout_ms = 200
+"#,
+        ok = ok.url(""),
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let metrics = kit::telemetry::Metrics::new("gateway");
+    let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
+    let gateway = TestServer::start(gateway::public_router(gateway, metrics)).await;
+    let http = reqwest::Client::new();
+    for n in 0..4 {
+        let started = Instant::now();
+        let answer = http
+            .get(gateway.url(&format!("/half/{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(ok_hits.load(Ordering::SeqCst), 4);
+    let started = Instant::now();
+    let post = http.post(gateway.url("/hanging/x")).send().await.unwrap();
+    assert_eq!(post.status(), 502, "unreachable, not a 504 after 5 s");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
