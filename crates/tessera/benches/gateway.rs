@@ -38,11 +38,24 @@ fn find(binary: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A process of the benchmark's, stopped when dropped.
+/// A process of the benchmark's, stopped when dropped: SIGTERM first, so
+/// that nginx's master takes its workers with it (SIGKILL would leave them
+/// running, orphaned), SIGKILL if it is not gone within `STOP_WAIT`.
 struct Proc(Child);
+
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: signalling a child this benchmark started and has not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
