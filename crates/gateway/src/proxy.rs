@@ -541,10 +541,8 @@ async fn prepare(
     }
     let proto = if tls { "https" } else { "http" };
     headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Some(trace) = kit::telemetry::current_trace()
-        && let Ok(traceparent) = HeaderValue::from_str(&trace.traceparent())
-    {
-        headers.insert("traceparent", traceparent);
+    if let Some(trace) = kit::telemetry::current_trace() {
+        headers.insert("traceparent", trace.traceparent_header());
     }
     Ok(Prepared {
         method: parts.method,

@@ -153,25 +153,26 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
-        .map(str::to_owned)
+        .filter(|v| {
+            v.to_str()
+                .is_ok_and(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
+        })
+        .cloned()
         .unwrap_or_else(|| {
             let random = fastrand::u128(..).to_le_bytes();
-            uuid::Builder::from_random_bytes(random)
+            let mut text = uuid::Uuid::encode_buffer();
+            let id = uuid::Builder::from_random_bytes(random)
                 .into_uuid()
-                .to_string()
+                .hyphenated()
+                .encode_lower(&mut text);
+            HeaderValue::from_str(id).expect("a uuid is a header value")
         });
     // A clone of the URI shares its bytes: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
 
     metrics.in_flight.inc();
-    let response = telemetry::in_trace(
-        trace.clone(),
-        AssertUnwindSafe(next.run(req)).catch_unwind(),
-    )
-    .await;
+    let response = telemetry::in_trace(trace, AssertUnwindSafe(next.run(req)).catch_unwind()).await;
     metrics.in_flight.dec();
     let mut response = match response {
         Ok(response) => response,
@@ -182,7 +183,7 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(trace_id = %trace.trace_id, %path, panic = %message, "handler panicked");
-            telemetry::in_trace(trace.clone(), async {
+            telemetry::in_trace(trace, async {
                 Problem::new(Code::Internal).into_response()
             })
             .await
@@ -195,6 +196,18 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        tracing::info!(
+            trace_id = %trace.trace_id,
+            request_id = request_id.to_str().unwrap_or_default(),
+            %method,
+            %route,
+            %path,
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            "request"
+        );
+    }
     metrics
         .requests
         .get_or_create(&RequestLabels {
@@ -205,30 +218,11 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
         .inc();
     metrics
         .latency
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabels { method, route })
         .observe(elapsed.as_secs_f64());
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        tracing::info!(
-            trace_id = %trace.trace_id,
-            request_id = %request_id,
-            %method,
-            %route,
-            %path,
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            "request"
-        );
-    }
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
-        headers.insert("traceparent", value);
-    }
+    headers.insert(REQUEST_ID, request_id);
+    headers.insert("traceparent", trace.traceparent_header());
     response
 }
 

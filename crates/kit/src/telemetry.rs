@@ -34,13 +34,23 @@ pub fn init_logs(settings: &LogSettings) {
     };
 }
 
-/// W3C trace context of the request being served.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A W3C trace id: 128 bits, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub u128);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// W3C trace context of the request being served. Plain numbers, written
+/// out only when a header or a log line needs them: every request has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// This hop's span id: 16 lowercase hex digits.
-    pub span_id: String,
+    pub trace_id: TraceId,
+    /// This hop's span id.
+    pub span_id: u64,
     pub sampled: bool,
 }
 
@@ -52,7 +62,7 @@ impl TraceContext {
     /// unique and unguessable enough to correlate, not secret, and every
     /// request makes one.
     pub fn continue_or_start(traceparent: Option<&str>) -> Self {
-        let span_id = format!("{:016x}", fastrand::u64(1..));
+        let span_id = fastrand::u64(1..);
         match traceparent.and_then(parse_traceparent) {
             Some((trace_id, sampled)) => Self {
                 trace_id,
@@ -60,7 +70,7 @@ impl TraceContext {
                 sampled,
             },
             None => Self {
-                trace_id: format!("{:032x}", fastrand::u128(1..)),
+                trace_id: TraceId(fastrand::u128(1..)),
                 span_id,
                 sampled: true,
             },
@@ -70,11 +80,17 @@ impl TraceContext {
     /// The `traceparent` to send on calls made while serving this request.
     pub fn traceparent(&self) -> String {
         let flags = if self.sampled { "01" } else { "00" };
-        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+        format!("00-{}-{:016x}-{flags}", self.trace_id, self.span_id)
+    }
+
+    /// [`TraceContext::traceparent`] as a header value, without a copy.
+    pub fn traceparent_header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.traceparent()))
+            .expect("a traceparent is visible ASCII")
     }
 }
 
-fn parse_traceparent(value: &str) -> Option<(String, bool)> {
+fn parse_traceparent(value: &str) -> Option<(TraceId, bool)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -95,7 +111,7 @@ fn parse_traceparent(value: &str) -> Option<(String, bool)> {
         return None;
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace_id.to_owned(), sampled))
+    Some((TraceId(u128::from_str_radix(trace_id, 16).ok()?), sampled))
 }
 
 tokio::task_local! {
@@ -108,11 +124,11 @@ pub async fn in_trace<F: Future>(context: TraceContext, future: F) -> F::Output 
 }
 
 pub fn current_trace() -> Option<TraceContext> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.try_with(|c| *c).ok()
 }
 
 pub fn current_trace_id() -> Option<String> {
-    CURRENT.try_with(|c| c.trace_id.clone()).ok()
+    CURRENT.try_with(|c| c.trace_id.to_string()).ok()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -248,8 +264,9 @@ mod tests {
     fn continues_a_valid_traceparent() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let ctx = TraceContext::continue_or_start(Some(incoming));
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(ctx.span_id, "00f067aa0ba902b7");
+        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(ctx.span_id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(ctx.traceparent_header(), ctx.traceparent().as_str());
         assert!(
             ctx.traceparent()
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
@@ -267,8 +284,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
             let ctx = TraceContext::continue_or_start(Some(bad));
-            assert_ne!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
-            assert_eq!(ctx.trace_id.len(), 32);
+            let id = ctx.trace_id.to_string();
+            assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!(id.len(), 32);
         }
     }
 }
