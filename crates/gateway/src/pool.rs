@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use http::StatusCode;
+use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
@@ -41,6 +42,8 @@ struct Idle {
 /// One instance's connections.
 pub struct Pool {
     authority: Authority,
+    /// `Host` for requests that name none (HTTP/2 clients, health checks).
+    host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -55,8 +58,11 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub fn new(authority: Authority) -> Arc<Self> {
+        let host =
+            HeaderValue::from_str(authority.as_str()).expect("an authority is a header value");
         Arc::new(Self {
             authority,
+            host,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -65,14 +71,19 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `request` (origin-form URI) and returns the answer, its body
-    /// giving the connection back once read to the end.
+    /// Sends `request` (origin-form URI; the instance's `Host` unless it
+    /// names one) and returns the answer, its body giving the connection
+    /// back once read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<http::Response<PooledBody>, SendError> {
-        let mut request = request;
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, self.host.clone());
+        }
         // A reused connection may have been closed by the upstream while
         // idle; a request it refused unsent goes once more, on a new one.
         for fresh in [false, true] {

@@ -203,10 +203,10 @@ async fn forward(
             .ok_or_else(|| no_instance(service))?;
         tried.push(in_flight.instance().clone());
         let admitted = admit(service)?;
-        let instance = in_flight.instance();
-        let sent = instance
+        let sent = in_flight
+            .instance()
             .pool
-            .send(prepared.to(instance), route.connect_timeout);
+            .send(prepared.request(), route.connect_timeout);
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout_at(deadline, sent).await;
         service.latency.observe(started.elapsed().as_secs_f64());
@@ -299,13 +299,17 @@ fn too_slow(route: &Route) -> Problem {
 fn wants_upgrade(request: &Request) -> bool {
     request.version() == http::Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The options the `Connection` header lists.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// Passes a protocol switch on: the handshake goes to one instance (never
@@ -330,7 +334,7 @@ async fn upgrade(
         .ok_or_else(|| no_instance(service))?;
     let admitted = admit(service)?;
     let instance = in_flight.instance().clone();
-    let mut outgoing = prepared.to(&instance);
+    let mut outgoing = prepared.request();
     outgoing
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -463,18 +467,13 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// The request for `instance`: origin-form target; the client's
-    /// `Host`, or the instance's when the client named none (HTTP/2).
-    fn to(&self, instance: &Instance) -> Request {
+    /// The request as one attempt sends it: origin-form target, the
+    /// client's `Host` if it named one.
+    fn request(&self) -> Request {
         let mut request = Request::new(Body::from(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = http::Uri::from(self.target.clone());
         *request.headers_mut() = self.headers.clone();
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(instance.authority.as_str())
-        {
-            request.headers_mut().insert(header::HOST, host);
-        }
         request
     }
 }
@@ -562,12 +561,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);

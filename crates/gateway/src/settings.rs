@@ -56,6 +56,22 @@ pub struct GatewaySettings {
     pub services: BTreeMap<String, ServiceSettings>,
 }
 
+impl GatewaySettings {
+    /// Refuses the gateway-wide values it cannot work with, saying which
+    /// (routes and services are checked as they are compiled).
+    pub fn check(&self) -> Result<(), String> {
+        if self.headers_max_bytes == 0 || self.headers_max_bytes > HEADERS_MAX_BYTES_LIMIT {
+            return Err(format!(
+                "[gateway] headers_max_bytes must be in 1..={HEADERS_MAX_BYTES_LIMIT}"
+            ));
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err("[gateway] header_read_timeout_ms must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
 /// One upstream service. Its instances are the union of `urls`, the
 /// instances registered for it through the admin API, and the addresses
 /// `dns` resolves to.

@@ -23,7 +23,7 @@ use crate::discovery::{self, Registry};
 use crate::metrics::GatewayMetrics;
 use crate::ratelimit::SharedLimits;
 use crate::routes::RouteTable;
-use crate::settings::{GatewaySettings, HEADERS_MAX_BYTES_LIMIT};
+use crate::settings::GatewaySettings;
 use crate::upstream::{HealthCheck, Instance, Service};
 use crate::{GatewayStartError, ROLE, openapi};
 
@@ -103,13 +103,14 @@ impl Gateway {
     /// Gives the services' OpenAPI documents, merged into the public one
     /// for each configuration version; refused if they conflict.
     pub fn publish(&self, documents: Vec<Value>) -> Result<(), String> {
-        openapi::merge(&documents, &self.snapshot().table)?;
         self.documents
             .set(documents)
-            .map_err(|_| "the documents were given already".to_owned())
+            .map_err(|_| "the documents were given already".to_owned())?;
+        self.document().map(drop)
     }
 
-    /// The public OpenAPI document for the routes in force.
+    /// The public OpenAPI document for the routes in force, merged once
+    /// per configuration version.
     pub fn document(&self) -> Result<Bytes, String> {
         let snapshot = self.snapshot();
         let mut merged = self.merged.lock().unwrap_or_else(|p| p.into_inner());
@@ -213,8 +214,8 @@ impl Gateway {
                     }
                     gateway.refresh(service, now);
                 }
+                let watched = snapshot.settings.watch_config;
                 drop(snapshot);
-                let watched = gateway.snapshot().settings.watch_config;
                 if let Some(file) = gateway.config_file().filter(|_| watched) {
                     let now_seen = stamp(file);
                     if seen.as_ref() != Some(&now_seen) {
@@ -254,6 +255,9 @@ fn build(
     registry: &Registry,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, GatewayStartError> {
+    settings
+        .check()
+        .map_err(kit::config::ConfigError::Invalid)?;
     let names: BTreeSet<String> = settings.services.keys().cloned().collect();
     let table = RouteTable::compile(
         &settings.routes,
@@ -281,18 +285,6 @@ fn build(
             }
         };
         services.insert(name.clone(), service);
-    }
-    if settings.headers_max_bytes == 0 || settings.headers_max_bytes > HEADERS_MAX_BYTES_LIMIT {
-        return Err(kit::config::ConfigError::Invalid(format!(
-            "[gateway] headers_max_bytes must be in 1..={HEADERS_MAX_BYTES_LIMIT}"
-        ))
-        .into());
-    }
-    if settings.header_read_timeout_ms == 0 {
-        return Err(kit::config::ConfigError::Invalid(
-            "[gateway] header_read_timeout_ms must be > 0".into(),
-        )
-        .into());
     }
     let cors = Cors::compile(&settings.cors).map_err(kit::config::ConfigError::Invalid)?;
     let shared_limits = match &settings.rate_limit_redis_url {
@@ -351,9 +343,6 @@ async fn check(instance: &Instance, health: &HealthCheck) -> bool {
     };
     let mut request = http::Request::new(Body::empty());
     *request.uri_mut() = uri;
-    if let Ok(host) = http::HeaderValue::from_str(instance.authority.as_str()) {
-        request.headers_mut().insert(http::header::HOST, host);
-    }
     let answer =
         tokio::time::timeout(health.timeout, instance.pool.send(request, health.timeout)).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
