@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod compose;
 pub mod cors;
 pub mod discovery;
 pub mod metrics;
@@ -23,16 +24,21 @@ pub mod settings;
 pub mod state;
 pub mod upstream;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
+use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 use kit::telemetry::Metrics;
+use tower::ServiceExt;
 
 use crate::settings::GatewaySettings;
 pub use crate::state::Gateway;
@@ -64,7 +70,61 @@ pub fn open(
 /// The public port: the merged OpenAPI document and its docs page, and
 /// every other request to the proxy; no metrics, health or admin path is
 /// served here.
+pub fn public_service(gateway: Arc<Gateway>, metrics: Metrics) -> Public {
+    Public {
+        docs: docs_router(gateway.clone()),
+        gateway,
+        metrics: Arc::new(metrics),
+    }
+}
+
+/// [`public_service`] as a router, for servers that take one (tests).
 pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
+    Router::new().fallback_service(public_service(gateway, metrics))
+}
+
+/// What serves the public port. A request is either for the docs (a small
+/// router) or for the proxy, which it reaches with no router in between:
+/// the proxy does its own routing, and one future, observed by the kit,
+/// holds the whole request.
+#[derive(Clone)]
+pub struct Public {
+    gateway: Arc<Gateway>,
+    docs: Router,
+    metrics: Arc<Metrics>,
+}
+
+impl tower::Service<Request> for Public {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let served = kit::http::observe(&this.metrics, request, |request| async move {
+                if openapi::is_docs_path(request.uri().path()) {
+                    let Ok(response) = this.docs.oneshot(request).await;
+                    return response;
+                }
+                match request.extensions().get::<ConnectInfo<PeerAddr>>() {
+                    Some(&ConnectInfo(PeerAddr(peer))) => {
+                        proxy::handle(&this.gateway, peer, request).await
+                    }
+                    None => Problem::internal("the server gave no peer address").into_response(),
+                }
+            });
+            Ok(served.await)
+        })
+    }
+}
+
+/// The merged OpenAPI document and the docs page (Swagger UI).
+fn docs_router(gateway: Arc<Gateway>) -> Router {
     let assets = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: openapi::DOCS_PATH,
         api_definition: swagger_ui_dist::OpenApiSource::Uri(openapi::DOCUMENT_PATH),
@@ -73,7 +133,7 @@ pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
     let named = |name: &'static str, mut response: Response| {
         response
             .extensions_mut()
-            .insert(kit::telemetry::RouteName(name.into()));
+            .insert(kit::telemetry::RouteName::from(name));
         response
     };
     let document = move |State(gateway): State<Arc<Gateway>>| async move {
@@ -84,7 +144,7 @@ pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
         named("openapi", response)
     };
     let docs = format!("{}/", openapi::DOCS_PATH);
-    let proxy = Router::new()
+    Router::new()
         .route(openapi::DOCUMENT_PATH, get(document))
         .route(
             openapi::DOCS_PATH,
@@ -96,10 +156,9 @@ pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
         )
         .route_service(&format!("{docs}swagger-ui.css"), assets.clone())
         .route_service(&format!("{docs}swagger-ui-bundle.js"), assets)
-        .fallback(proxy::handle)
+        .fallback(|| async { Problem::new(Code::NotFound) })
         .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
-        .with_state(gateway);
-    kit::http::observed(proxy, metrics)
+        .with_state(gateway)
 }
 
 /// The admin port: `/metrics`, `/healthz`, `/readyz` and the admin API.
@@ -156,7 +215,7 @@ pub async fn serve(
     };
     let public = server::serve(
         public,
-        public_router(gateway.clone(), metrics.clone()),
+        public_service(gateway.clone(), metrics.clone()),
         serving,
         kit::http::shutdown_signal(),
     );

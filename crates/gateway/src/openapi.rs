@@ -16,6 +16,14 @@ use crate::routes::{Matched, RouteTable};
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
 pub const DOCS_PATH: &str = "/api/docs";
 
+/// Whether `path` is the document's, the docs page's or one of its assets'.
+pub fn is_docs_path(path: &str) -> bool {
+    path == DOCUMENT_PATH
+        || path
+            .strip_prefix(DOCS_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 const OPERATIONS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];

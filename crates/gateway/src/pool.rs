@@ -86,13 +86,14 @@ impl Pool {
         }
         // A reused connection may have been closed by the upstream while
         // idle; a request it refused unsent goes once more, on a new one.
+        // Connecting is rare and its future large: boxed where it runs.
         for fresh in [false, true] {
             let mut sender = match fresh {
                 false => match self.take_idle().await {
                     Some(sender) => sender,
-                    None => self.connect(connect_timeout).await?,
+                    None => Box::pin(self.connect(connect_timeout)).await?,
                 },
-                true => self.connect(connect_timeout).await?,
+                true => Box::pin(self.connect(connect_timeout)).await?,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.pooled(response, sender)),

@@ -5,27 +5,28 @@
 //! which it was (502 unreachable, 504 too slow, 503 nothing to send to).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use kit::auth::Principal;
-use kit::http::PeerAddr;
+
 use kit::problem::{Code, Problem};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
 use crate::pool::{PooledBody, SendError};
 use crate::ratelimit::LimitKey;
-use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable};
+use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
 use crate::server::ClientTls;
 use crate::state::{Gateway, Snapshot};
 use crate::upstream::{Instance, Service};
-use crate::{path, retry};
+use crate::{compose, path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
@@ -48,11 +49,7 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// The one handler of the public port. Its responses carry the route's
 /// name, for the kit's metrics and access log.
-pub async fn handle(
-    State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    request: Request,
-) -> Response {
+pub async fn handle(gateway: &Gateway, peer: SocketAddr, request: Request) -> Response {
     // One version of the configuration from start to end.
     let snapshot = gateway.snapshot();
     if let Err(problem) = headers_within(request.headers(), snapshot.settings.headers_max_bytes) {
@@ -82,7 +79,7 @@ pub async fn handle(
         (Some(cors), Some(origin), Some(asked)) => {
             cors.preflight_answer(origin.clone(), &route.methods(), asked)
         }
-        _ => match forward(&gateway, &snapshot, route, peer.0, request).await {
+        _ => match forward(gateway, &snapshot, route, peer, request).await {
             Ok(response) => cors_decorated(&snapshot, origin, response),
             Err(problem) => cors_decorated(&snapshot, origin, problem.into_response()),
         },
@@ -148,7 +145,13 @@ async fn forward(
             .detail(format!("route {} is at its concurrency limit", route.name))
             .retry_after(kit::problem::RETRY_SOON)
     })?;
-    let caller = authenticate(gateway, route, request.headers()).await?;
+    // The rarer phases' futures are large (token verification may fetch
+    // keys, a shared limit asks Redis, an upgrade joins two connections):
+    // boxed where they run, so that the common request's future stays small.
+    let caller = match route.auth {
+        AuthPolicy::None => None,
+        _ => Box::pin(authenticate(gateway, route, request.headers())).await?,
+    };
     if let Some(limiter) = &route.rate_limiter {
         let ip;
         let key = match (limiter.key, &caller) {
@@ -159,7 +162,7 @@ async fn forward(
             }
         };
         let shared = match &snapshot.shared_limits {
-            Some(shared) => shared.check(&route.name, key, limiter).await,
+            Some(shared) => Box::pin(shared.check(&route.name, key, limiter)).await,
             None => None,
         };
         shared
@@ -171,12 +174,18 @@ async fn forward(
                     .retry_after(wait)
             })?;
     }
-    let service = snapshot
-        .services
-        .get(&route.service)
-        .ok_or_else(|| Problem::new(Code::Unavailable))?;
+    let service = match &route.target {
+        Target::Service(name) => snapshot
+            .services
+            .get(name)
+            .ok_or_else(|| Problem::new(Code::Unavailable))?,
+        Target::Compose(composite) => {
+            let answer = compose::answer(snapshot, route, composite, caller, peer, request);
+            return Box::pin(answer).await;
+        }
+    };
     if wants_upgrade(&request) {
-        return upgrade(route, service, peer, caller, request, permit).await;
+        return Box::pin(upgrade(route, service, peer, caller, request, permit)).await;
     }
     let safe = retry::is_safe(request.method(), request.headers());
     // The route's timeout covers reading the body and the whole exchange.
@@ -192,6 +201,44 @@ async fn forward(
             route.timeout.as_millis()
         ))
     })??;
+    let attempts = Attempts {
+        deadline,
+        timeout: route.timeout,
+        connect_timeout: route.connect_timeout,
+        retries: route.retries,
+        backoff: route.retry_backoff,
+        retried: &route.retried,
+    };
+    exchange(service, &prepared, safe, &attempts)
+        .await
+        .map(finish)
+}
+
+/// How one exchange with a service is attempted.
+pub(crate) struct Attempts<'a> {
+    /// Every attempt and backoff ends by then (504 after).
+    pub deadline: tokio::time::Instant,
+    /// What the deadline was set from, for the 504's detail.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Retries of a safe request, each on another instance if there is one.
+    pub retries: u32,
+    /// Before the first retry; doubling (jittered) after.
+    pub backoff: Duration,
+    /// Counts the retries (the route's `tessera_gateway_retries`).
+    pub retried: &'a Counter,
+}
+
+/// Sends `prepared` to an instance of `service`, and again elsewhere if
+/// it is `safe` and failed (no answer, 502/503/504), within the service's
+/// retry budget and the attempts' bounds. The answer comes back as the
+/// instance gave it; its failures are problems (502, 503, 504).
+pub(crate) async fn exchange(
+    service: &Service,
+    prepared: &Prepared,
+    safe: bool,
+    attempts: &Attempts<'_>,
+) -> Result<http::Response<PooledBody>, Problem> {
     service.budget.deposit();
     let mut tried = Vec::new();
     let mut retries = 0;
@@ -206,33 +253,33 @@ async fn forward(
         let sent = in_flight
             .instance()
             .pool
-            .send(prepared.request(), route.connect_timeout);
+            .send(prepared.request(), attempts.connect_timeout);
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, sent).await;
+        let outcome = tokio::time::timeout_at(attempts.deadline, sent).await;
         service.latency.observe(started.elapsed().as_secs_f64());
         settle(service, in_flight.instance(), admitted, &outcome);
         let failure = match outcome {
-            Err(_) => return Err(too_slow(route)),
+            Err(_) => return Err(too_slow(service, attempts.timeout)),
             Ok(Err(_)) => Failure::Unreachable,
             Ok(Ok(response)) => {
                 if !(safe && RETRY_STATUSES.contains(&response.status())) {
-                    return Ok(finish(response));
+                    return Ok(response);
                 }
                 Failure::Answered(response)
             }
         };
         drop(in_flight);
-        let retry = safe && retries < route.retries && service.budget.try_withdraw();
-        let wait = retry::backoff(retries + 1, route.retry_backoff);
-        if !retry || tokio::time::Instant::now() + wait >= deadline {
+        let retry = safe && retries < attempts.retries && service.budget.try_withdraw();
+        let wait = retry::backoff(retries + 1, attempts.backoff);
+        if !retry || tokio::time::Instant::now() + wait >= attempts.deadline {
             return match failure {
-                Failure::Answered(response) => Ok(finish(response)),
-                Failure::Unreachable => Err(unreachable(route)),
+                Failure::Answered(response) => Ok(response),
+                Failure::Unreachable => Err(unreachable(service)),
             };
         }
         retries += 1;
-        route.retried.inc();
-        tracing::debug!(route = %route.name, retries, "retrying on another instance");
+        attempts.retried.inc();
+        tracing::debug!(service = %service.name, retries, "retrying on another instance");
         tokio::time::sleep(wait).await;
     }
 }
@@ -283,15 +330,15 @@ fn no_instance(service: &Service) -> Problem {
     Problem::new(Code::Unavailable).detail(format!("no instance of {}", service.name))
 }
 
-fn unreachable(route: &Route) -> Problem {
-    Problem::new(Code::BadGateway).detail(format!("{} could not be reached", route.service))
+fn unreachable(service: &Service) -> Problem {
+    Problem::new(Code::BadGateway).detail(format!("{} could not be reached", service.name))
 }
 
-fn too_slow(route: &Route) -> Problem {
+pub(crate) fn too_slow(service: &Service, timeout: Duration) -> Problem {
     Problem::new(Code::UpstreamTimeout).detail(format!(
         "{} did not answer within {} ms",
-        route.service,
-        route.timeout.as_millis()
+        service.name,
+        timeout.as_millis()
     ))
 }
 
@@ -346,8 +393,8 @@ async fn upgrade(
     settle(service, &instance, admitted, &outcome);
     let mut response = match outcome {
         Ok(Ok(response)) => response,
-        Ok(Err(_)) => return Err(unreachable(route)),
-        Err(_) => return Err(too_slow(route)),
+        Ok(Err(_)) => return Err(unreachable(service)),
+        Err(_) => return Err(too_slow(service, route.timeout)),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(finish(response));
@@ -418,15 +465,12 @@ fn route<'a>(
     }
 }
 
-/// Phase 3: the caller, as the route's policy asks.
+/// Phase 3: the caller, as the route's policy asks (not `none`).
 async fn authenticate(
     gateway: &Gateway,
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Option<Principal>, Problem> {
-    if route.auth == AuthPolicy::None {
-        return Ok(None);
-    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -459,11 +503,11 @@ async fn authenticate(
 
 /// The request as every attempt sends it: the body held (so that a retry
 /// can send it again), the headers cleaned and completed.
-struct Prepared {
-    method: http::Method,
-    target: http::uri::PathAndQuery,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Prepared {
+    pub method: http::Method,
+    pub target: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl Prepared {
@@ -479,7 +523,7 @@ impl Prepared {
 }
 
 /// Phase 4: the request as the upstream sees it.
-async fn prepare(
+pub(crate) async fn prepare(
     request: Request,
     peer: SocketAddr,
     caller: Option<Principal>,
@@ -498,17 +542,23 @@ async fn prepare(
     }
     let tls = request.extensions().get::<ClientTls>().is_some();
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, body_max_bytes)
-        .await
-        .map_err(|error| {
-            let over = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if over {
-                too_large()
-            } else {
-                Problem::new(Code::MalformedRequest).detail("the request body could not be read")
-            }
-        })?;
+    // Most requests have no body: reading one is boxed where it happens.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        Box::pin(axum::body::to_bytes(body, body_max_bytes))
+            .await
+            .map_err(|error| {
+                let over = std::error::Error::source(&error)
+                    .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+                if over {
+                    too_large()
+                } else {
+                    Problem::new(Code::MalformedRequest)
+                        .detail("the request body could not be read")
+                }
+            })?
+    };
     let target = parts
         .uri
         .path_and_query()

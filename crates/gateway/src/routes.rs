@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::compose::{BranchConfig, Composite};
 use crate::metrics::{GatewayMetrics, RouteLabel};
 use crate::ratelimit::{LimitKey, RateLimitConfig, RateLimiter};
 
@@ -51,8 +52,14 @@ pub struct RouteConfig {
     /// Header values the request must carry, exactly.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The upstream service.
-    pub service: String,
+    /// The upstream service the route proxies to; or, for a composite,
+    /// none and `branches`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A composite route: one GET answered by calls to several services,
+    /// merged into one JSON document (see [`crate::compose`]).
+    #[serde(default)]
+    pub branches: Vec<BranchConfig>,
     #[serde(default)]
     pub auth: AuthPolicy,
     /// Roles of which the caller must have one; empty means any caller the
@@ -122,13 +129,14 @@ fn default_body_max_bytes() -> usize {
 pub struct Route {
     /// As declared: a reload keeps the route's limiters when it is equal.
     pub config: RouteConfig,
-    pub name: String,
+    /// Shared: every response of the route is named with it.
+    pub name: Arc<str>,
     /// The path as declared, for metrics labels.
     pub pattern: String,
     methods: BTreeSet<Method>,
     host: Option<String>,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub service: String,
+    pub target: Target,
     pub auth: AuthPolicy,
     pub roles: Vec<String>,
     pub timeout: Duration,
@@ -143,6 +151,15 @@ pub struct Route {
     pub shed: Counter,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub rate_limited: Counter,
+}
+
+/// What answers a route.
+#[derive(Debug)]
+pub enum Target {
+    /// The named service, through the proxy.
+    Service(String),
+    /// Several services' answers, merged.
+    Compose(Composite),
 }
 
 impl Route {
@@ -236,9 +253,18 @@ impl RouteTable {
                     "{pattern:?} is under {RESERVED_PREFIX}, which is never routable"
                 )));
             }
-            if !services.contains(&config.service) {
-                return Err(error(format!("no service named {:?}", config.service)));
-            }
+            let target = match (&config.service, config.branches.is_empty()) {
+                (Some(service), true) if services.contains(service) => {
+                    Target::Service(service.clone())
+                }
+                (Some(service), true) => {
+                    return Err(error(format!("no service named {service:?}")));
+                }
+                (None, false) => {
+                    Target::Compose(Composite::compile(config, &matcher, services).map_err(error)?)
+                }
+                _ => return Err(error("give exactly one of service and branches".into())),
+            };
             if config.timeout_ms == 0 {
                 return Err(error("timeout_ms must be > 0".into()));
             }
@@ -280,6 +306,11 @@ impl RouteTable {
                         .map_err(|_| error(format!("{m:?} is not a method")))
                 })
                 .collect::<Result<BTreeSet<_>, _>>()?;
+            // A composite answers GET only, said or not.
+            let methods = match &target {
+                Target::Compose(_) => BTreeSet::from([Method::GET]),
+                Target::Service(_) => methods,
+            };
             let headers = config
                 .headers
                 .iter()
@@ -301,12 +332,12 @@ impl RouteTable {
             let same = previous.and_then(|table| table.routes.iter().find(|r| r.config == *config));
             routes.push(Route {
                 config: config.clone(),
-                name: config.name.clone(),
+                name: config.name.as_str().into(),
                 pattern,
                 methods,
                 host: config.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 headers,
-                service: config.service.clone(),
+                target,
                 auth: config.auth,
                 roles: config.roles.clone(),
                 timeout: Duration::from_millis(config.timeout_ms),
@@ -329,7 +360,7 @@ impl RouteTable {
         let mut paths = matchit::Router::new();
         for matcher in order {
             let indices = by_pattern.remove(&matcher).unwrap_or_default();
-            let first = routes[indices[0]].name.clone();
+            let first = routes[indices[0]].name.to_string();
             paths.insert(&matcher, indices).map_err(|e| RouteError {
                 route: first,
                 problem: format!("path {matcher:?}: {e}"),
@@ -381,7 +412,8 @@ mod tests {
             methods: vec![],
             host: None,
             headers: BTreeMap::new(),
-            service: "users".into(),
+            service: Some("users".into()),
+            branches: vec![],
             auth: AuthPolicy::Required,
             roles: vec![],
             timeout_ms: 1000,
@@ -404,7 +436,7 @@ mod tests {
 
     fn name(matched: Matched<'_>) -> String {
         match matched {
-            Matched::Route(r) => r.name.clone(),
+            Matched::Route(r) => r.name.to_string(),
             other => format!("{other:?}"),
         }
     }
@@ -428,7 +460,7 @@ mod tests {
             RouteConfig {
                 path: None,
                 prefix: Some("/api/v1/auth/".into()),
-                service: "identity".into(),
+                service: Some("identity".into()),
                 ..route("auth", "")
             },
         ])
@@ -463,7 +495,7 @@ mod tests {
             (route("x", "api"), "not a clean absolute path"),
             (
                 RouteConfig {
-                    service: "nope".into(),
+                    service: Some("nope".into()),
                     ..route("x", "/a")
                 },
                 "no service named \"nope\"",

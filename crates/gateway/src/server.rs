@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -92,7 +91,7 @@ pub struct Serving {
 /// the grace.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: crate::Public,
     serving: Serving,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -195,7 +194,7 @@ where
 /// address and whether it came over TLS.
 #[derive(Clone)]
 struct PerConnection {
-    router: Router,
+    router: crate::Public,
     peer: SocketAddr,
     tls: bool,
 }
@@ -203,7 +202,7 @@ struct PerConnection {
 impl hyper::service::Service<http::Request<Incoming>> for PerConnection {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = axum::routing::future::RouteFuture<Infallible>;
+    type Future = <crate::Public as Service<axum::extract::Request>>::Future;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);

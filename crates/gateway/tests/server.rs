@@ -70,7 +70,7 @@ async fn start(tls: Option<TlsSettings>, header_read_timeout: Duration) -> Runni
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(gateway::server::serve(
         listener,
-        gateway::public_router(opened, metrics),
+        gateway::public_service(opened, metrics),
         serving,
         async {
             let _ = stopped.await;

@@ -4,10 +4,12 @@
 //! `/metrics`, and graceful shutdown.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -25,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::HttpSettings;
 use crate::problem::{Code, Problem};
-use crate::telemetry::{self, Metrics, RequestLabels, RouteLabels, TraceContext};
+use crate::telemetry::{self, Metrics, RequestLabels, RouteLabels, RouteName, TraceContext};
 
 pub const REQUEST_ID: &str = "x-request-id";
 /// A client-supplied request id longer than this is replaced.
@@ -123,25 +125,88 @@ pub fn service_router(
         .method_not_allowed_fallback(|| async { Problem::new(Code::MethodNotAllowed) })
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
     let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let api = api.layer(middleware::from_fn(move |req, next| {
+    api.layer(middleware::from_fn(move |req, next| {
         enforce_timeout(timeout, req, next)
-    }));
-    observed(api, metrics)
-}
-
-/// `router` inside the observation layer (trace context, request id,
-/// access log, metrics, panics), without any endpoint or timeout of the
-/// kit's own: for a router that must not serve `/metrics` and bounds its
-/// requests itself (the gateway, per route).
-pub fn observed(router: Router, metrics: Metrics) -> Router {
-    let metrics = Arc::new(metrics);
-    router.layer(middleware::from_fn(move |req, next| {
-        observe(metrics.clone(), req, next)
     }))
+    .layer(ObserveLayer::new(metrics))
 }
 
-/// Outermost layer: trace context, request id, access log, metrics, panics.
-async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
+/// The observation layer as a tower [`Layer`](tower::Layer): trace
+/// context, request id, access log, metrics, panics → 500.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics: Arc::new(metrics),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A service inside the observation layer (see [`ObserveLayer`]).
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The clone that was made ready serves this request; a fresh one
+        // waits for the next (tower's contract).
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let served = observe(&metrics, req, |req| async move {
+                let mut ready = ready;
+                match ready.call(req).await {
+                    Ok(response) => response.into_response(),
+                    Err(never) => match never {},
+                }
+            });
+            Ok(served.await)
+        })
+    }
+}
+
+/// The observation step around `serve`: trace context (the task-local
+/// [`telemetry::current_trace`] while it runs), request id, access log,
+/// metrics, panics → 500. [`ObserveLayer`] applies it to a router's
+/// routes; a server that dispatches by itself (the gateway) calls it
+/// directly, so that one future holds the whole request.
+pub async fn observe<F, Fut>(metrics: &Metrics, req: Request, serve: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let method = telemetry::method_label(req.method());
     let matched = req.extensions().get::<MatchedPath>().cloned();
@@ -172,7 +237,8 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     let path = uri.path();
 
     metrics.in_flight.inc();
-    let response = telemetry::in_trace(trace, AssertUnwindSafe(next.run(req)).catch_unwind()).await;
+    let served = AssertUnwindSafe(serve(req)).catch_unwind();
+    let response = telemetry::in_trace(trace, served).await;
     metrics.in_flight.dec();
     let mut response = match response {
         Ok(response) => response,
@@ -190,9 +256,9 @@ async fn observe(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
         }
     };
 
-    let route = match response.extensions_mut().remove::<telemetry::RouteName>() {
-        Some(name) => name.0,
-        None => matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned()),
+    let route = match response.extensions_mut().remove::<RouteName>() {
+        Some(name) => name,
+        None => RouteName::from(matched.as_ref().map_or("unmatched", |m| m.as_str())),
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

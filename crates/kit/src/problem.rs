@@ -143,6 +143,11 @@ impl Problem {
         self.code
     }
 
+    /// Headers the response carries besides the body (`Retry-After`, ...).
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -79,14 +79,39 @@ impl TraceContext {
 
     /// The `traceparent` to send on calls made while serving this request.
     pub fn traceparent(&self) -> String {
-        let flags = if self.sampled { "01" } else { "00" };
-        format!("00-{}-{:016x}-{flags}", self.trace_id, self.span_id)
+        let bytes = self.traceparent_bytes();
+        std::str::from_utf8(&bytes)
+            .expect("hex digits and dashes")
+            .to_owned()
     }
 
-    /// [`TraceContext::traceparent`] as a header value, without a copy.
+    /// [`TraceContext::traceparent`] as a header value.
     pub fn traceparent_header(&self) -> http::HeaderValue {
-        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.traceparent()))
+        http::HeaderValue::from_bytes(&self.traceparent_bytes())
             .expect("a traceparent is visible ASCII")
+    }
+
+    /// `00-{trace id}-{span id}-{flags}`, written without the formatting
+    /// machinery: every request writes one or two.
+    fn traceparent_bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = [b'-'; TRACEPARENT_LEN];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], self.trace_id.0);
+        write_hex(&mut out[36..52], u128::from(self.span_id));
+        out[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        out
+    }
+}
+
+/// `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+
+/// `value`'s low `out.len()` hex digits, lowercase, into `out`.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -135,16 +160,16 @@ pub fn current_trace_id() -> Option<String> {
 pub struct RequestLabels {
     /// Borrowed for the standard methods: no allocation per request.
     pub method: Cow<'static, str>,
-    /// The route template (`/api/v1/users/{id}`), never the raw path, so
-    /// that label cardinality stays bounded.
-    pub route: String,
+    /// The route template (`/api/v1/users/{id}`) or the gateway route's
+    /// name, never the raw path, so that label cardinality stays bounded.
+    pub route: RouteName,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: Cow<'static, str>,
-    pub route: String,
+    pub route: RouteName,
 }
 
 /// A method as a label value, without allocating for the standard ones.
@@ -193,9 +218,37 @@ pub fn latency_histogram() -> Histogram {
 
 /// The route a response belongs to, for metrics and the access log, when
 /// the router's matched path does not say it (the gateway's routes): put
-/// in the response's extensions.
-#[derive(Debug, Clone)]
-pub struct RouteName(pub String);
+/// in the response's extensions. Shared, so that naming a response copies
+/// no string.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct RouteName(pub Arc<str>);
+
+impl RouteName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for RouteName {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl std::fmt::Display for RouteName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for RouteName {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
 
 impl Metrics {
     pub fn new(role: &str) -> Self {
@@ -271,6 +324,24 @@ mod tests {
             ctx.traceparent()
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         );
+    }
+
+    #[test]
+    fn writes_traceparent_with_every_digit() {
+        let ctx = TraceContext {
+            trace_id: TraceId(0x0bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            sampled: false,
+        };
+        assert_eq!(
+            ctx.traceparent(),
+            "00-0bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        let sampled = TraceContext {
+            sampled: true,
+            ..ctx
+        };
+        assert!(sampled.traceparent().ends_with("-01"));
     }
 
     #[test]
