@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use http::{StatusCode, header};
 use kit::config::Common;
@@ -38,6 +38,7 @@ pub fn router(gateway: Arc<Gateway>, common: &Common, metrics: Metrics) -> Route
         .route("/admin/routes", get(routes))
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/registry", get(registrations))
+        .route("/admin/cache", delete(purge))
         .route(
             "/admin/registry/{service}/{instance}",
             put(register).delete(deregister),
@@ -200,4 +201,31 @@ async fn deregister(
     } else {
         Err(Problem::new(Code::NotFound).detail(format!("{service}/{instance} is not registered")))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    /// Entries whose key (`{route}/{user or -}/{path?query}`) starts with
+    /// it go; `prefix=` (empty) purges everything.
+    prefix: String,
+}
+
+/// Purges cached answers by key prefix: a route's (`users-me/`), one
+/// user's on a route (`users-me/{id}/`), everything (``).
+async fn purge(
+    State(gateway): State<Arc<Gateway>>,
+    query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Query(PurgeQuery { prefix }) = query.map_err(|_| {
+        Problem::new(Code::ValidationFailed)
+            .detail("give the key prefix to purge: ?prefix=ROUTE/ (empty for everything)")
+    })?;
+    let purged = gateway
+        .snapshot()
+        .cache
+        .purge(&prefix)
+        .await
+        .map_err(|error| Problem::new(Code::Unavailable).detail(format!("cache store: {error}")))?;
+    Ok(Json(json!({ "prefix": prefix, "purged": purged })))
 }

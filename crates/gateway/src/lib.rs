@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod cache;
 pub mod compose;
 pub mod cors;
 pub mod discovery;
@@ -55,6 +56,8 @@ pub enum GatewayStartError {
     Routes(#[from] routes::RouteError),
     #[error("service {service:?}: {problem}")]
     Service { service: String, problem: String },
+    #[error("event bus: {0}")]
+    Bus(String),
 }
 
 /// The gateway's shared state, from the configuration, counted in
@@ -185,6 +188,33 @@ pub async fn serve(
             problem,
         })?;
     let _background = gateway.start_background();
+    // Cached answers that events make stale are purged as the events come;
+    // the stream is open before the first request is served.
+    let purging = gateway.snapshot().table.routes().iter().any(|route| {
+        route
+            .cache
+            .as_ref()
+            .is_some_and(|policy| policy.purge_on.is_some())
+    });
+    let _purges = if purging {
+        let report = bus::broker::DeadLetterReport::default();
+        report.register(&metrics);
+        let broker = bus::open(
+            &common.bus_url,
+            &common.data_dir,
+            kit::clock::system(),
+            report,
+        )
+        .await
+        .map_err(|e| GatewayStartError::Bus(e.to_string()))?;
+        let shared = settings.cache.redis_url.is_some();
+        let follower = cache::follow_events(gateway.clone(), broker, shared)
+            .await
+            .map_err(|e| GatewayStartError::Bus(e.to_string()))?;
+        Some(follower)
+    } else {
+        None
+    };
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let on_hangup = gateway.clone();
     let _reloads = tokio::spawn(async move {

@@ -19,6 +19,13 @@ pub struct ServiceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub route: String,
+    /// `hit`, `miss` or `bypass`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     pub service: String,
     pub instance: String,
@@ -50,6 +57,9 @@ pub struct GatewayMetrics {
     pub ejections: Family<InstanceLabels, Counter>,
     pub breaker_state: Family<ServiceLabel, Gauge>,
     pub rate_limit_store_errors: Counter,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub cache_purged: Counter,
+    pub cache_store_errors: Counter,
 }
 
 /// Families registered nowhere (tests, and instances made on their own).
@@ -64,6 +74,9 @@ impl Default for GatewayMetrics {
             ejections: Family::default(),
             breaker_state: Family::default(),
             rate_limit_store_errors: Counter::default(),
+            cache_lookups: Family::default(),
+            cache_purged: Counter::default(),
+            cache_store_errors: Counter::default(),
         }
     }
 }
@@ -111,6 +124,21 @@ impl GatewayMetrics {
             "gateway_rate_limit_store_errors",
             "Rate limit checks Redis could not answer (this replica's limits decided)",
             this.rate_limit_store_errors.clone(),
+        );
+        metrics.register(
+            "gateway_cache_lookups",
+            "Cached routes' GETs, by route and outcome (hit, miss, bypass)",
+            this.cache_lookups.clone(),
+        );
+        metrics.register(
+            "gateway_cache_purged",
+            "Cache entries removed by purges (admin API, events, writes through the route)",
+            this.cache_purged.clone(),
+        );
+        metrics.register(
+            "gateway_cache_store_errors",
+            "Cache lookups and writes the store could not answer (served from the upstream)",
+            this.cache_store_errors.clone(),
         );
         this
     }

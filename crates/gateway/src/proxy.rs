@@ -26,7 +26,7 @@ use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Tar
 use crate::server::ClientTls;
 use crate::state::{Gateway, Snapshot};
 use crate::upstream::{Instance, Service};
-use crate::{compose, path, retry};
+use crate::{cache, compose, path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
@@ -174,6 +174,56 @@ async fn forward(
                     .retry_after(wait)
             })?;
     }
+    let Some(policy) = &route.cache else {
+        return dispatch(snapshot, route, caller, peer, request, permit).await;
+    };
+    let scope = match (&caller, policy.per_user) {
+        (Some(caller), true) => caller.subject.clone(),
+        _ => "-".to_owned(),
+    };
+    let prefix = cache::scope_prefix(&route.name, &scope);
+    if request.method() == http::Method::GET {
+        let target = request.uri().path_and_query().map_or("/", |t| t.as_str());
+        let key = format!("{prefix}{target}");
+        let fetch = |request| dispatch(snapshot, route, caller, peer, request, permit);
+        let answer = cache::through(
+            &snapshot.cache,
+            policy,
+            key,
+            request,
+            &route.cache_lookups,
+            fetch,
+        );
+        return Box::pin(answer).await;
+    }
+    // A write through a cached route may change what it answers: the
+    // caller's entries (all of the route's, when they are shared) go.
+    let writes = !matches!(
+        *request.method(),
+        http::Method::HEAD | http::Method::OPTIONS
+    );
+    let response = dispatch(snapshot, route, caller, peer, request, permit).await?;
+    if writes && response.status().is_success() {
+        let purge_from = match policy.per_user {
+            true => prefix,
+            false => cache::route_prefix(&route.name),
+        };
+        // A failed purge is logged and counted; the answer stands.
+        let _ = snapshot.cache.purge(&purge_from).await;
+    }
+    Ok(response)
+}
+
+/// The route's target answers: its service through the proxy, or its
+/// branches merged.
+async fn dispatch(
+    snapshot: &Snapshot,
+    route: &Route,
+    caller: Option<Principal>,
+    peer: SocketAddr,
+    request: Request,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Response, Problem> {
     let service = match &route.target {
         Target::Service(name) => snapshot
             .services
@@ -201,6 +251,10 @@ async fn forward(
             route.timeout.as_millis()
         ))
     })??;
+    let prepared = match &route.rewrite {
+        Some((prefix, to)) => rewritten(prepared, prefix, to)?,
+        None => prepared,
+    };
     let attempts = Attempts {
         deadline,
         timeout: route.timeout,
@@ -212,6 +266,17 @@ async fn forward(
     exchange(service, &prepared, safe, &attempts)
         .await
         .map(finish)
+}
+
+/// `prepared` with its target's `prefix` replaced by `to` (a route's
+/// `rewrite`); the query stays.
+fn rewritten(mut prepared: Prepared, prefix: &str, to: &str) -> Result<Prepared, Problem> {
+    let target = prepared.target.as_str();
+    let rest = target.strip_prefix(prefix).unwrap_or(target);
+    prepared.target = format!("{to}{rest}")
+        .parse()
+        .map_err(|_| Problem::new(Code::MalformedRequest).detail("the path cannot be rewritten"))?;
+    Ok(prepared)
 }
 
 /// How one exchange with a service is attempted.

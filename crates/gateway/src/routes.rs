@@ -14,8 +14,9 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::cache::{CacheConfig, CachePolicy, Outcome};
 use crate::compose::{BranchConfig, Composite};
-use crate::metrics::{GatewayMetrics, RouteLabel};
+use crate::metrics::{CacheLabels, GatewayMetrics, RouteLabel};
 use crate::ratelimit::{LimitKey, RateLimitConfig, RateLimiter};
 
 /// Who may call a route.
@@ -43,6 +44,11 @@ pub struct RouteConfig {
     /// A prefix ending in `/`: the route takes every path under it.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// With `prefix`: what the prefix becomes upstream (`/mobile/v1/` →
+    /// `/api/v1/`), so that a client's own route set reaches the same
+    /// services.
+    #[serde(default)]
+    pub rewrite: Option<String>,
     /// Methods the route takes; empty means all.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -92,6 +98,9 @@ pub struct RouteConfig {
     /// Requests per caller (user or IP); beyond, 429 with `Retry-After`.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// GET answers kept and served again (see [`crate::cache`]).
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
 }
 
 fn default_concurrency_max() -> usize {
@@ -137,6 +146,8 @@ pub struct Route {
     host: Option<String>,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub target: Target,
+    /// The prefix and what it becomes upstream (`rewrite`).
+    pub rewrite: Option<(String, String)>,
     pub auth: AuthPolicy,
     pub roles: Vec<String>,
     pub timeout: Duration,
@@ -151,6 +162,9 @@ pub struct Route {
     pub shed: Counter,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub rate_limited: Counter,
+    pub cache: Option<CachePolicy>,
+    /// Cache lookups by [`crate::cache::Outcome`].
+    pub cache_lookups: [Counter; 3],
 }
 
 /// What answers a route.
@@ -253,6 +267,22 @@ impl RouteTable {
                     "{pattern:?} is under {RESERVED_PREFIX}, which is never routable"
                 )));
             }
+            let rewrite = match (&config.prefix, &config.rewrite) {
+                (_, None) => None,
+                (Some(prefix), Some(to))
+                    if to.starts_with('/')
+                        && to.ends_with('/')
+                        && crate::path::check(to).is_ok() =>
+                {
+                    Some((prefix.clone(), to.clone()))
+                }
+                (Some(_), Some(to)) => {
+                    return Err(error(format!(
+                        "rewrite {to:?} must be a clean path starting and ending with /"
+                    )));
+                }
+                (None, Some(_)) => return Err(error("rewrite needs a prefix".into())),
+            };
             let target = match (&config.service, config.branches.is_empty()) {
                 (Some(service), true) if services.contains(service) => {
                     Target::Service(service.clone())
@@ -311,6 +341,21 @@ impl RouteTable {
                 Target::Compose(_) => BTreeSet::from([Method::GET]),
                 Target::Service(_) => methods,
             };
+            let cache = config
+                .cache
+                .as_ref()
+                .map(|c| CachePolicy::compile(c, config.auth, &methods))
+                .transpose()
+                .map_err(error)?;
+            let cache_lookups = [Outcome::Hit, Outcome::Miss, Outcome::Bypass].map(|outcome| {
+                metrics
+                    .cache_lookups
+                    .get_or_create(&CacheLabels {
+                        route: config.name.clone(),
+                        outcome: outcome.label().to_owned(),
+                    })
+                    .clone()
+            });
             let headers = config
                 .headers
                 .iter()
@@ -338,6 +383,7 @@ impl RouteTable {
                 host: config.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 headers,
                 target,
+                rewrite,
                 auth: config.auth,
                 roles: config.roles.clone(),
                 timeout: Duration::from_millis(config.timeout_ms),
@@ -355,6 +401,8 @@ impl RouteTable {
                 shed: metrics.shed.get_or_create(&label).clone(),
                 rate_limiter: same.map_or(rate_limiter, |r| r.rate_limiter.clone()),
                 rate_limited: metrics.rate_limited.get_or_create(&label).clone(),
+                cache,
+                cache_lookups,
             });
         }
         let mut paths = matchit::Router::new();
@@ -409,6 +457,7 @@ mod tests {
             name: name.into(),
             path: Some(path.into()),
             prefix: None,
+            rewrite: None,
             methods: vec![],
             host: None,
             headers: BTreeMap::new(),
@@ -423,6 +472,7 @@ mod tests {
             body_max_bytes: 1024,
             concurrency_max: 8,
             rate_limit: None,
+            cache: None,
         }
     }
 

@@ -50,16 +50,51 @@ pub struct GatewaySettings {
     pub header_read_timeout_ms: u64,
     /// Cross-origin requests from browsers; off until origins are named.
     pub cors: CorsSettings,
+    /// Where the routes' response caches keep their entries.
+    pub cache: CacheSettings,
     /// Replaces the shipped routes when given.
     pub routes: Vec<RouteConfig>,
     /// Where each service's instances are found.
     pub services: BTreeMap<String, ServiceSettings>,
 }
 
+/// `[gateway.cache]`: where cached answers live.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// In this process: at most this many bytes of answers (bodies and
+    /// headers), the least recently used going first.
+    pub memory_bytes_max: usize,
+    /// The largest answer kept (larger ones pass through).
+    pub entry_bytes_max: usize,
+    /// `redis://host:port`: entries kept there instead, shared by every
+    /// gateway replica.
+    pub redis_url: Option<String>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            memory_bytes_max: 64 * 1024 * 1024,
+            entry_bytes_max: 1024 * 1024,
+            redis_url: None,
+        }
+    }
+}
+
+/// The largest `entry_bytes_max`: an entry is held in memory while it is
+/// read and kept.
+pub const CACHE_ENTRY_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
 impl GatewaySettings {
     /// Refuses the gateway-wide values it cannot work with, saying which
     /// (routes and services are checked as they are compiled).
     pub fn check(&self) -> Result<(), String> {
+        if self.cache.entry_bytes_max == 0 || self.cache.entry_bytes_max > CACHE_ENTRY_BYTES_LIMIT {
+            return Err(format!(
+                "[gateway.cache] entry_bytes_max must be in 1..={CACHE_ENTRY_BYTES_LIMIT}"
+            ));
+        }
         if self.headers_max_bytes == 0 || self.headers_max_bytes > HEADERS_MAX_BYTES_LIMIT {
             return Err(format!(
                 "[gateway] headers_max_bytes must be in 1..={HEADERS_MAX_BYTES_LIMIT}"
@@ -203,6 +238,7 @@ impl Default for GatewaySettings {
             headers_max_bytes: 32 * 1024,
             header_read_timeout_ms: 10_000,
             cors: CorsSettings::default(),
+            cache: CacheSettings::default(),
             routes: default_routes(),
             services: [
                 ("identity".to_string(), local(8081)),

@@ -18,6 +18,7 @@ use kit::telemetry::Metrics;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cache::{Cache, CacheStore, MemoryCache, RedisCache};
 use crate::cors::Cors;
 use crate::discovery::{self, Registry};
 use crate::metrics::GatewayMetrics;
@@ -44,6 +45,8 @@ pub struct Snapshot {
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// Cross-origin requests, when allowed.
     pub cors: Option<Cors>,
+    /// Where cached routes keep their answers.
+    pub cache: Arc<Cache>,
 }
 
 /// What a reload did.
@@ -297,6 +300,23 @@ fn build(
             )),
         },
     };
+    let cache = match previous {
+        Some(p) if p.settings.cache == settings.cache => p.cache.clone(),
+        _ => {
+            let store: Arc<dyn CacheStore> = match &settings.cache.redis_url {
+                Some(url) => {
+                    Arc::new(RedisCache::new(url).map_err(kit::config::ConfigError::Invalid)?)
+                }
+                None => Arc::new(MemoryCache::new(settings.cache.memory_bytes_max)),
+            };
+            Arc::new(Cache {
+                store,
+                entry_bytes_max: settings.cache.entry_bytes_max,
+                store_errors: metrics.cache_store_errors.clone(),
+                purged: metrics.cache_purged.clone(),
+            })
+        }
+    };
     let loaded_at_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -308,6 +328,7 @@ fn build(
         services,
         shared_limits,
         cors,
+        cache,
     })
 }
 

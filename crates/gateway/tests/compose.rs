@@ -67,6 +67,13 @@ struct Setup {
 
 const ROUTES: &str = r#"
 [[gateway.routes]]
+name = "mobile-people"
+prefix = "/m/v1/"
+rewrite = "/people/"
+service = "people"
+auth = "none"
+
+[[gateway.routes]]
 name = "overview"
 path = "/overview/{id}"
 auth = "none"
@@ -264,6 +271,14 @@ async fn a_slow_branch_ends_at_its_own_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_route_set_reaches_the_same_service_under_its_own_prefix() {
+    let setup = setup().await;
+    let (status, _, body) = fetch(&setup, "/m/v1/7?x=1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "7");
+}
+
+#[tokio::test]
 async fn a_composite_takes_get_only() {
     let setup = setup().await;
     let response = reqwest::Client::new()
@@ -365,6 +380,10 @@ fn bad_composites_are_refused_at_load_with_a_precise_message() {
             .replace("auth = \"none\"", "auth = \"none\"\nmethods = [\"POST\"]"),
     );
     assert!(post.contains("answers GET only"), "{post}");
+    let rewrite = refusal(
+        "[[gateway.routes]]\nname = \"c\"\npath = \"/c\"\nrewrite = \"/x/\"\nservice = \"people\"\n",
+    );
+    assert!(rewrite.contains("rewrite needs a prefix"), "{rewrite}");
 }
 
 /// The branch table with each key's last line only.

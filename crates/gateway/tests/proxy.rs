@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
 use ed25519_dalek::SigningKey;
-use kit::auth::{AccessClaims, Jwk, JwkSet};
+use kit::auth::{Jwk, JwkSet};
 use kit::config::Config;
 use kit::testing::{TestServer, assert_problem};
 use serde_json::{Value, json};
@@ -58,23 +58,7 @@ fn token(roles: &[&str]) -> String {
 
 /// An access token for `subject`, signed as identity would.
 fn token_of(subject: &str, roles: &[&str]) -> String {
-    let now = kit::clock::system().now_s();
-    let settings = kit::config::AuthSettings::default();
-    kit::auth::sign(
-        &SigningKey::from_bytes(&KEY),
-        "k1",
-        &AccessClaims {
-            iss: settings.issuer,
-            aud: settings.audience,
-            sub: subject.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            exp: now + 300,
-            iat: now,
-            nbf: now,
-            jti: "t1".into(),
-            sid: "s1".into(),
-        },
-    )
+    kit::testing::access_token(&SigningKey::from_bytes(&KEY), "k1", subject, roles)
 }
 
 struct Setup {

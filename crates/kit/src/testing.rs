@@ -109,3 +109,30 @@ pub async fn assert_problem(
     assert!(body["type"].as_str().is_some_and(|t| t.ends_with(code)));
     body
 }
+
+/// An access token for `subject` with `roles`, signed with `key` under
+/// `kid` as identity signs them, valid for five minutes.
+pub fn access_token(
+    key: &ed25519_dalek::SigningKey,
+    kid: &str,
+    subject: &str,
+    roles: &[&str],
+) -> String {
+    let now = crate::clock::system().now_s();
+    let settings = crate::config::AuthSettings::default();
+    crate::auth::sign(
+        key,
+        kid,
+        &crate::auth::AccessClaims {
+            iss: settings.issuer,
+            aud: settings.audience,
+            sub: subject.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            exp: now + 300,
+            iat: now,
+            nbf: now,
+            jti: "t1".into(),
+            sid: "s1".into(),
+        },
+    )
+}

@@ -4,6 +4,12 @@
 //! access log. One load generator, rounds interleaved, medians printed with
 //! ratios against nginx.
 //!
+//! Then composition: a composite of three branches that each answer after
+//! 1 ms against one proxied 1 ms call, p50 and the difference printed
+//! (target: within 0.5 ms).
+//!
+//! And the cache: a hit against the same small GET proxied.
+//!
 //! `cargo bench -p tessera --bench gateway`
 //! (BENCH_ROUNDS, default 5; BENCH_SECONDS per round and target, default
 //! 3; BENCH_CONNECTIONS, default 32). nginx and HAProxy are looked for on
@@ -79,6 +85,14 @@ fn listening(mut command: Command, port: u16) -> (Proc, u16) {
 
 fn start_gateway(dir: &Path, upstream: u16) -> (Proc, u16) {
     let (port, admin) = (kit::testing::free_port(), kit::testing::free_port());
+    let branches: String = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            format!(
+                "[[gateway.routes.branches]]\nname = \"{name}\"\nservice = \"bench\"\npath = \"/one\"\ninto = \"/{name}\"\n"
+            )
+        })
+        .collect();
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -86,7 +100,10 @@ fn start_gateway(dir: &Path, upstream: u16) -> (Proc, u16) {
             "worker_threads = 1\n[log]\nfilter = \"error\"\n\
              [gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
              [gateway.services.bench]\nurls = [\"http://127.0.0.1:{upstream}\"]\n\
-             [[gateway.routes]]\nname = \"bench\"\npath = \"/bench\"\nservice = \"bench\"\nauth = \"none\"\n"
+             [[gateway.routes]]\nname = \"bench\"\npath = \"/bench\"\nservice = \"bench\"\nauth = \"none\"\n\
+             [[gateway.routes]]\nname = \"one\"\npath = \"/one\"\nservice = \"bench\"\nauth = \"none\"\n\
+             [[gateway.routes]]\nname = \"cached\"\npath = \"/cached\"\nservice = \"bench\"\nauth = \"none\"\ncache = {{ ttl_ms = 600000 }}\n\
+             [[gateway.routes]]\nname = \"three\"\npath = \"/three\"\nauth = \"none\"\n{branches}"
         ),
     )
     .unwrap();
@@ -145,8 +162,8 @@ struct Round {
 
 /// `connections` clients, each sending GETs back to back on its own
 /// keep-alive connection for `seconds`.
-async fn load(port: u16, connections: u64, seconds: u64) -> Round {
-    let url: http::Uri = format!("http://127.0.0.1:{port}/bench").parse().unwrap();
+async fn load(port: u16, path: &str, connections: u64, seconds: u64) -> Round {
+    let url: http::Uri = format!("http://127.0.0.1:{port}{path}").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..connections)
         .map(|_| {
@@ -207,6 +224,14 @@ async fn main() {
     let upstream_port = upstream.local_addr().unwrap().port();
     let app = Router::new()
         .route("/bench", get(|| async { "ok" }))
+        .route("/cached", get(|| async { "ok" }))
+        .route(
+            "/one",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                axum::Json(serde_json::json!({"answer": 1}))
+            }),
+        )
         .route("/readyz", get(|| async { "ready" }));
     tokio::spawn(async move { axum::serve(upstream, app).await });
 
@@ -234,7 +259,7 @@ async fn main() {
     let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, port, _)) in targets.iter().enumerate() {
-            results[i].push(load(*port, connections, seconds).await);
+            results[i].push(load(*port, "/bench", connections, seconds).await);
         }
     }
     println!(
@@ -269,5 +294,40 @@ async fn main() {
     println!(
         "gateway / direct: requests/s {:.3}",
         gateway.0 / medians[0].0
+    );
+    compose(port_of(&targets, "gateway"), rounds, seconds).await;
+}
+
+fn port_of(targets: &[(&str, u16, Option<Proc>)], name: &str) -> u16 {
+    targets.iter().find(|t| t.0 == name).map(|t| t.1).unwrap()
+}
+
+/// A composite of three 1 ms branches against one proxied 1 ms call, and
+/// a cache hit against a proxied small GET, through the same gateway, a
+/// few connections, rounds interleaved.
+async fn compose(port: u16, rounds: u64, seconds: u64) {
+    const CONNECTIONS: u64 = 4;
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        one.push(load(port, "/one", CONNECTIONS, seconds).await);
+        three.push(load(port, "/three", CONNECTIONS, seconds).await);
+    }
+    let p50 = |rounds: &[Round]| median(rounds.iter().map(|r| r.p50_us).collect());
+    let errors: u64 = one.iter().chain(&three).map(|r| r.errors).sum();
+    let (one, three) = (p50(&one), p50(&three));
+    let (mut proxied, mut hits) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        proxied.push(load(port, "/bench", CONNECTIONS, seconds).await);
+        hits.push(load(port, "/cached", CONNECTIONS, seconds).await);
+    }
+    let errors = errors + proxied.iter().chain(&hits).map(|r| r.errors).sum::<u64>();
+    let (proxied, hits) = (p50(&proxied), p50(&hits));
+    println!(
+        "\ncomposition and cache ({CONNECTIONS} connections, branches answer after 1 ms; errors {errors}):\n\
+         one proxied call p50 {one:.0} µs, composite of three p50 {three:.0} µs, \
+         difference {:.0} µs (target: ≤ 500 µs)\n\
+         cache: hit p50 {hits:.0} µs, proxied p50 {proxied:.0} µs, hit / proxied {:.3}",
+        three - one,
+        hits / proxied
     );
 }

@@ -158,6 +158,81 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
         assert!(Instant::now() < deadline, "no profile through the gateway");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One call, two services: the profile (users) and the account
+    // (identity); the mobile app's smaller overview, and its own prefix.
+    let get = |path: &str| {
+        http.get(format!("{gateway}{path}"))
+            .bearer_auth(token)
+            .send()
+    };
+    let overview: Value = get("/api/v1/me/overview")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overview["profile"]["display_name"], "Cy", "{overview}");
+    assert_eq!(overview["account"]["email"], "cy@example.com", "{overview}");
+    assert_eq!(overview["account"]["roles"], json!(["user"]), "{overview}");
+    assert!(overview.get("errors").is_none(), "{overview}");
+    let mobile: Value = get("/mobile/v1/me/overview")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mobile, json!({"name": "Cy", "roles": ["user"]}));
+    let mobile_me = get("/mobile/v1/users/me").await.unwrap();
+    assert_eq!(mobile_me.status(), 200);
+    let anonymous = http
+        .get(format!("{gateway}/api/v1/me/overview"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The profile is cached at the gateway; a change users announces
+    // (made here straight at users, past the gateway) purges it.
+    let profile = |http: reqwest::Client, token: String| {
+        let url = format!("{gateway}/api/v1/users/me");
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _) = profile(http.clone(), token.to_owned()).await;
+    assert!(
+        status.contains("hit") || status.contains("stored"),
+        "{status}"
+    );
+    assert!(
+        profile(http.clone(), token.to_owned())
+            .await
+            .0
+            .contains("hit")
+    );
+    let users = url_of(&entries, "users", 0);
+    let changed = http
+        .patch(format!("{users}/api/v1/users/me"))
+        .bearer_auth(token)
+        .json(&json!({"display_name": "Cy Changed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while profile(http.clone(), token.to_owned()).await.1["display_name"] != "Cy Changed" {
+        assert!(
+            Instant::now() < deadline,
+            "users.user.updated.v1 did not purge the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let public_metrics = http.get(format!("{gateway}/metrics")).send().await.unwrap();
     assert_eq!(
         public_metrics.status(),

@@ -36,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/auth/token", post(token))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/accounts/me", get(my_account))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
@@ -91,6 +92,33 @@ impl From<&Account> for AccountView {
             id: account.id.as_str().to_owned(),
             email: account.email.as_str().to_owned(),
             display_name: account.display_name.as_str().to_owned(),
+        }
+    }
+}
+
+/// The caller's own account, as identity keeps it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MyAccountView {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    /// What the account may do (`user`, `admin`).
+    pub roles: Vec<String>,
+    /// When it registered (RFC 3339, UTC).
+    #[schema(example = "2026-12-01T06:35:00.000Z")]
+    pub created_at: String,
+}
+
+impl From<&Account> for MyAccountView {
+    fn from(account: &Account) -> Self {
+        let created =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(account.created_at_ms);
+        Self {
+            id: account.id.as_str().to_owned(),
+            email: account.email.as_str().to_owned(),
+            display_name: account.display_name.as_str().to_owned(),
+            roles: account.role_names(),
+            created_at: humantime::format_rfc3339_millis(created).to_string(),
         }
     }
 }
@@ -258,6 +286,27 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller's account.
+#[utoipa::path(
+    get, path = "/api/v1/accounts/me", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = MyAccountView),
+        (status = 401, description = "No valid access token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "The account was deleted", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+async fn my_account(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, Problem> {
+    match state.identity.account(&caller.subject).await? {
+        Some(account) => Ok(Json(MyAccountView::from(&account)).into_response()),
+        None => Err(Problem::new(Code::NotFound).detail("the account was deleted")),
+    }
+}
+
 /// The public keys that verify access tokens.
 #[utoipa::path(
     get, path = "/.well-known/jwks.json", tag = "keys",
@@ -278,11 +327,12 @@ async fn jwks(State(state): State<ApiState>) -> Response {
         description = "Accounts, passwords, access and refresh tokens, signing keys. \
                        Errors are RFC 9457 problem details with a stable `code`."
     ),
-    paths(register, token, refresh, logout, jwks),
+    paths(register, token, refresh, logout, my_account, jwks),
     components(schemas(ProblemDocument, kit::problem::FieldError, kit::auth::Jwk)),
     modifiers(&BearerSecurity),
     tags(
         (name = "auth", description = "Registration, login, refresh, logout"),
+        (name = "accounts", description = "The caller's account"),
         (name = "keys", description = "Token verification keys"),
     )
 )]

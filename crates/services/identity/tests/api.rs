@@ -281,6 +281,29 @@ async fn logout_revokes_the_session() {
 }
 
 #[tokio::test]
+async fn the_caller_reads_their_own_account() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.logged_in().await;
+    let url = app.url("/api/v1/accounts/me");
+    let mine = app
+        .http
+        .get(&url)
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.status(), 200);
+    let account: Value = mine.json().await.unwrap();
+    assert_eq!(account["email"], email.to_lowercase());
+    assert_eq!(account["roles"], json!(["user"]));
+    let created = account["created_at"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 24, "{created}");
+    assert!(account.get("password_hash").is_none());
+    let anonymous = app.http.get(&url).send().await.unwrap();
+    assert_problem(anonymous, 401, "invalid_token").await;
+}
+
+#[tokio::test]
 async fn logout_needs_a_valid_access_token() {
     let app = spawn_app().await;
     let (_, tokens) = app.logged_in().await;

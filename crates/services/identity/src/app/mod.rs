@@ -2,6 +2,7 @@
 //! proven domain values, talk to the ports (account store, key-value store,
 //! keyring, hasher) and return domain results; they know nothing of HTTP.
 
+mod account;
 mod erase;
 mod login;
 mod logout;
