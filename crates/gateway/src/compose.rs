@@ -97,19 +97,21 @@ fn required_by_default() -> bool {
 /// A compiled composite.
 #[derive(Debug)]
 pub struct Composite {
-    branches: Vec<Branch>,
+    pub(crate) branches: Vec<Branch>,
     /// The route's own path, to read `{path.NAME}` from a request.
     params: matchit::Router<()>,
 }
 
 #[derive(Debug)]
-struct Branch {
-    name: String,
-    service: String,
+pub(crate) struct Branch {
+    pub(crate) name: String,
+    pub(crate) service: String,
+    /// The path as configured, placeholders and all (for documents).
+    pub(crate) path: String,
     template: Vec<Piece>,
-    into: String,
-    select: Option<String>,
-    required: bool,
+    pub(crate) into: String,
+    pub(crate) select: Option<String>,
+    pub(crate) required: bool,
     timeout: Duration,
     retries: u32,
     fallback: Option<Value>,
@@ -219,6 +221,7 @@ impl Composite {
             branches.push(Branch {
                 name: config.name.clone(),
                 service: config.service.clone(),
+                path: config.path.clone(),
                 template,
                 into: config.into.clone(),
                 select: config.select.clone(),

@@ -10,7 +10,8 @@ use axum::response::{Html, IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{Matched, RouteTable};
+use crate::compose::{Composite, PARTIAL_HEADER};
+use crate::routes::{AuthPolicy, Matched, Route, RouteTable, Target};
 
 /// Where the merged document and the docs page are served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -85,6 +86,32 @@ pub fn merge(documents: &[Value], table: &RouteTable) -> Result<Value, String> {
             }
         }
     }
+    for route in table.routes() {
+        let Target::Compose(composite) = &route.target else {
+            continue;
+        };
+        if route.config.path.is_none() {
+            continue;
+        }
+        let item = json!({ "get": composite_operation(route, composite, &paths) });
+        if paths.insert(route.pattern.clone(), item).is_some() {
+            return Err(format!(
+                "the composite route {} is on a path a service documents too",
+                route.name
+            ));
+        }
+    }
+    if table
+        .routes()
+        .iter()
+        .any(|r| matches!(r.target, Target::Compose(_)))
+        && tag_names.insert("composites".into())
+    {
+        tags.push(json!({
+            "name": "composites",
+            "description": "Answered by the gateway from several services at once",
+        }));
+    }
     Ok(json!({
         "openapi": "3.1.0",
         "info": {
@@ -97,6 +124,88 @@ pub fn merge(documents: &[Value], table: &RouteTable) -> Result<Value, String> {
         "components": components,
         "tags": tags,
     }))
+}
+
+/// The GET a composite route answers: each branch's answer (the schema
+/// its service documents for the path, when it does) at its place, and
+/// the partial answer's `errors`.
+fn composite_operation(route: &Route, composite: &Composite, paths: &Map<String, Value>) -> Value {
+    let problem = json!({"$ref": "#/components/schemas/Problem"});
+    let mut schema = json!({"type": "object", "properties": {}});
+    let mut lines = Vec::new();
+    for branch in &composite.branches {
+        let documented = paths
+            .get(&branch.path)
+            .and_then(|item| item.pointer("/get/responses/200/content/application~1json/schema"))
+            .filter(|_| branch.select.is_none())
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        put_schema(&mut schema, &branch.into, documented);
+        lines.push(format!(
+            "- `{}`: {} `GET {}` → `{}`{}",
+            branch.name,
+            branch.service,
+            branch.path,
+            branch.into,
+            if branch.required { "" } else { " (optional)" }
+        ));
+    }
+    schema["properties"]["errors"] = json!({
+        "type": "array",
+        "description": "On a partial answer: the failed optional branches' problems, each with its `branch`",
+        "items": problem,
+    });
+    let parameters: Vec<Value> = route
+        .pattern
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let failure = |description: &str| json!({"description": description, "content": {"application/problem+json": {"schema": problem}}});
+    let mut operation = json!({
+        "tags": ["composites"],
+        "operationId": route.name.to_string(),
+        "summary": format!("{} services in one answer", composite.branches.len()),
+        "description": format!(
+            "Answered by the gateway from these calls, made in parallel (a branch using another's answer waits for it):\n\n{}\n\nA failed optional branch leaves a partial answer: its problem in `errors`, its name in `{PARTIAL_HEADER}`. A failed required branch is the answer's problem.",
+            lines.join("\n")
+        ),
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "The merged answer",
+                "headers": {PARTIAL_HEADER: {"description": "The optional branches that failed, on a partial answer", "schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": schema}},
+            },
+            "401": failure("No valid access token"),
+            "404": failure("A required branch found nothing"),
+            "502": failure("A required branch's service failed or could not be reached"),
+            "504": failure("A required branch did not answer within its timeout"),
+        },
+    });
+    if route.auth == AuthPolicy::Required {
+        operation["security"] = json!([{"bearer": []}]);
+    }
+    operation
+}
+
+/// `schema` at `pointer` (each token a property) in an object schema.
+fn put_schema(root: &mut Value, pointer: &str, schema: Value) {
+    let tokens: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let mut at = root;
+    for token in &tokens[..tokens.len().saturating_sub(1)] {
+        at = &mut at["properties"][token.as_str()];
+        if !at.is_object() || at.get("properties").is_none() {
+            *at = json!({"type": "object", "properties": {}});
+        }
+    }
+    if let Some(last) = tokens.last() {
+        at["properties"][last.as_str()] = schema;
+    }
 }
 
 /// Whether a route takes `method` on `template` (each `{param}` segment

@@ -269,6 +269,15 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
         assert!(paths.contains_key(path), "{path} in {paths:?}");
     }
     assert!(paths.keys().all(|p| !p.starts_with("/internal")));
+    // Composites are the gateway's own operations, their branches'
+    // documented answers in place.
+    let overview = &paths["/api/v1/me/overview"]["get"];
+    let merged = &overview["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        merged["properties"]["profile"]["$ref"], "#/components/schemas/ProfileView",
+        "{overview}"
+    );
+    assert_eq!(overview["security"], json!([{"bearer": []}]));
     assert!(document["components"]["schemas"]["ProfileView"].is_object());
     let docs = http
         .get(format!("{gateway}/api/docs"))
