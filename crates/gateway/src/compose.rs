@@ -689,13 +689,18 @@ fn merge(composite: &Composite, outcomes: Vec<Option<Result<Value, Problem>>>) -
     response
 }
 
-/// Sets `value` at `pointer` in `document`, making the objects on the way.
-fn put(document: &mut Value, pointer: &str, value: Value) {
-    let tokens: Vec<String> = pointer
+/// The unescaped tokens of a JSON pointer (RFC 6901).
+pub(crate) fn pointer_tokens(pointer: &str) -> Vec<String> {
+    pointer
         .split('/')
         .skip(1)
         .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect();
+        .collect()
+}
+
+/// Sets `value` at `pointer` in `document`, making the objects on the way.
+fn put(document: &mut Value, pointer: &str, value: Value) {
+    let tokens = pointer_tokens(pointer);
     let mut at = document;
     for token in &tokens[..tokens.len() - 1] {
         if !at.is_object() {

@@ -191,11 +191,7 @@ fn composite_operation(route: &Route, composite: &Composite, paths: &Map<String,
 
 /// `schema` at `pointer` (each token a property) in an object schema.
 fn put_schema(root: &mut Value, pointer: &str, schema: Value) {
-    let tokens: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect();
+    let tokens = crate::compose::pointer_tokens(pointer);
     let mut at = root;
     for token in &tokens[..tokens.len().saturating_sub(1)] {
         at = &mut at["properties"][token.as_str()];
