@@ -265,12 +265,75 @@ pub struct GroupLag {
 }
 
 /// Where a [`Broker::tail`] starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailFrom {
     /// The first event ever published.
     Start,
     /// Only events published from now on.
     Now,
+    /// Just after an earlier tail's [`EventStream::position`]: nothing
+    /// published after it is missed, nothing before it comes again.
+    After(Position),
+}
+
+/// The most logs a [`Position`] names (one per producing service on NATS).
+pub const POSITION_LOGS_MAX: usize = 64;
+
+/// Where a tail stands: for each log it reads (one per producing service
+/// on NATS, one for the embedded and in-memory logs), the sequence number
+/// of the last event it has passed; a log it names not is at 0. Written
+/// as a token (`log:seq,log:seq`) that a client can hand back, as an SSE
+/// `Last-Event-ID`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position(std::collections::BTreeMap<String, u64>);
+
+impl Position {
+    /// How far the position is in `log`.
+    pub fn seq(&self, log: &str) -> u64 {
+        self.0.get(log).copied().unwrap_or(0)
+    }
+
+    /// Moves the position in `log` to `seq`, never back.
+    pub fn advance(&mut self, log: &str, seq: u64) {
+        let at = self.0.entry(log.to_owned()).or_default();
+        *at = (*at).max(seq);
+    }
+
+    /// Whether it is at least as far as `other` in every log.
+    pub fn covers(&self, other: &Position) -> bool {
+        other.0.iter().all(|(log, &seq)| self.seq(log) >= seq)
+    }
+
+    pub fn token(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(log, seq)| format!("{log}:{seq}"))
+            .collect();
+        parts.join(",")
+    }
+
+    /// A token written by [`Position::token`]; anything else is refused.
+    pub fn parse(token: &str) -> Result<Self, BusError> {
+        let invalid = || BusError::Invalid(format!("{token:?} is not a position"));
+        let mut position = Self::default();
+        for part in token.split(',').filter(|p| !p.is_empty()) {
+            let (log, seq) = part.rsplit_once(':').ok_or_else(invalid)?;
+            let named = !log.is_empty()
+                && log.len() <= 128
+                && log
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            let seq = seq.parse::<u64>().map_err(|_| invalid())?;
+            if !named || position.0.insert(log.to_owned(), seq).is_some() {
+                return Err(invalid());
+            }
+            if position.0.len() > POSITION_LOGS_MAX {
+                return Err(invalid());
+            }
+        }
+        Ok(position)
+    }
 }
 
 /// Events as they are published, for watching: nothing is acknowledged and
@@ -278,6 +341,9 @@ pub enum TailFrom {
 #[async_trait]
 pub trait EventStream: Send {
     async fn next(&mut self) -> Result<CloudEvent, BusError>;
+    /// Just after the last event [`EventStream::next`] returned (and any
+    /// the type filter passed over): where [`TailFrom::After`] resumes.
+    fn position(&self) -> Position;
 }
 
 #[async_trait]
@@ -360,6 +426,23 @@ mod tests {
         assert!(TypeFilter::all().matches("anything"));
         assert!(TypeFilter::parse(&["Bad Type"]).is_err());
         assert!(TypeFilter::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn positions_are_tokens_and_compare_per_log() {
+        let mut a = Position::default();
+        a.advance("identity", 3);
+        a.advance("users", 7);
+        a.advance("users", 2);
+        assert_eq!(a.token(), "identity:3,users:7");
+        assert_eq!(Position::parse(&a.token()).unwrap(), a);
+        assert_eq!(Position::parse("").unwrap(), Position::default());
+        let mut b = a.clone();
+        b.advance("orders", 1);
+        assert!(b.covers(&a) && !a.covers(&b));
+        for bad in ["x", "a:1,a:2", "a:-1", ":1", "a b:1", "a:1x"] {
+            assert!(Position::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

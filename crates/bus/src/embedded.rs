@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 
 use crate::broker::{
     Backoff, Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, EventStream,
-    GroupLag, PollingSubscription, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
+    GroupLag, PollingSubscription, Position, Settle, SubscribeOptions, Subscription, TailFrom,
+    TypeFilter,
 };
 use crate::event::CloudEvent;
 
@@ -603,11 +604,14 @@ impl Broker for EmbeddedBroker {
                 .fetch_one(&self.inner.pool)
                 .await
                 .map_err(db)?,
+            TailFrom::After(position) => i64::try_from(position.seq(LOG))
+                .map_err(|_| BusError::Invalid(format!("{} is past the log", position.token())))?,
         };
         Ok(Box::new(EmbeddedTail {
             broker: self.inner.clone(),
             types,
             after_seq,
+            returned_seq: after_seq,
             ready: VecDeque::new(),
         }))
     }
@@ -616,18 +620,38 @@ impl Broker for EmbeddedBroker {
 /// Events read from the log per query while tailing.
 const TAIL_BATCH_MAX: i64 = 256;
 
+/// The one log's name in a [`Position`].
+const LOG: &str = "log";
+
 struct EmbeddedTail {
     broker: Arc<Inner>,
     types: TypeFilter,
+    /// The last sequence read from the log.
     after_seq: i64,
-    ready: VecDeque<CloudEvent>,
+    /// The sequence of the last event returned.
+    returned_seq: i64,
+    /// Read, matching, not yet returned, with their sequences.
+    ready: VecDeque<(i64, CloudEvent)>,
 }
 
 #[async_trait]
 impl EventStream for EmbeddedTail {
+    fn position(&self) -> Position {
+        // With nothing waiting, every event read was returned or passed
+        // over by the filter.
+        let seq = match self.ready.is_empty() {
+            true => self.after_seq,
+            false => self.returned_seq,
+        };
+        let mut position = Position::default();
+        position.advance(LOG, seq as u64);
+        position
+    }
+
     async fn next(&mut self) -> Result<CloudEvent, BusError> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
+            if let Some((seq, event)) = self.ready.pop_front() {
+                self.returned_seq = seq;
                 return Ok(event);
             }
             let changed = self.broker.changed.notified();
@@ -642,7 +666,7 @@ impl EventStream for EmbeddedTail {
             for (seq, event_type, body) in rows {
                 self.after_seq = seq;
                 if self.types.matches(&event_type) {
-                    self.ready.push_back(decode(&body)?);
+                    self.ready.push_back((seq, decode(&body)?));
                 }
             }
             if self.ready.is_empty() {

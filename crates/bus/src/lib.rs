@@ -21,7 +21,7 @@ pub mod nats;
 pub mod outbox;
 
 pub use broker::{
-    Backoff, Broker, BusError, DeadLetter, Delivery, EventStream, GroupLag, SharedBroker,
+    Backoff, Broker, BusError, DeadLetter, Delivery, EventStream, GroupLag, Position, SharedBroker,
     SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 pub use event::CloudEvent;

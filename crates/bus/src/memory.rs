@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::broker::{
     Broker, BusError, Claim, DeadLetter, DeadLetterReport, Delivery, EventStream, GroupLag,
-    PollingSubscription, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
+    PollingSubscription, Position, Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 use crate::event::CloudEvent;
 
@@ -334,6 +334,9 @@ impl Broker for MemoryBroker {
         let next = match from {
             TailFrom::Start => 0,
             TailFrom::Now => self.inner.with(|state| state.log.len()),
+            TailFrom::After(position) => self
+                .inner
+                .with(|state| (position.seq(LOG) as usize).min(state.log.len())),
         };
         Ok(Box::new(MemoryTail {
             broker: self.inner.clone(),
@@ -342,6 +345,9 @@ impl Broker for MemoryBroker {
         }))
     }
 }
+
+/// The one log's name in a [`Position`].
+const LOG: &str = "log";
 
 struct MemoryTail {
     broker: Arc<Inner>,
@@ -352,6 +358,12 @@ struct MemoryTail {
 
 #[async_trait]
 impl EventStream for MemoryTail {
+    fn position(&self) -> Position {
+        let mut position = Position::default();
+        position.advance(LOG, self.next as u64);
+        position
+    }
+
     async fn next(&mut self) -> Result<CloudEvent, BusError> {
         loop {
             let changed = self.broker.changed.notified();

@@ -45,8 +45,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::broker::{
-    Broker, BusError, DeadLetter, DeadLetterReport, Delivery, EventStream, GroupLag, Settle,
-    SubscribeOptions, Subscription, TailFrom, TypeFilter,
+    Broker, BusError, DeadLetter, DeadLetterReport, Delivery, EventStream, GroupLag, Position,
+    Settle, SubscribeOptions, Subscription, TailFrom, TypeFilter,
 };
 use crate::event::{CloudEvent, EVENT_BYTES_MAX};
 
@@ -766,17 +766,35 @@ impl Broker for NatsBroker {
         types: TypeFilter,
         from: TailFrom,
     ) -> Result<Box<dyn EventStream>, BusError> {
-        let policy = match from {
-            TailFrom::Start => consumer::DeliverPolicy::All,
-            TailFrom::Now => consumer::DeliverPolicy::New,
-        };
         // The streams there are now are read from before this returns, so
-        // that "now" means now; later ones are read from their start.
+        // that "now" means now; later ones are read from their start. The
+        // position starts where each stream is read from.
         let mut readers = Vec::new();
         let mut known = HashSet::new();
+        let mut position = Position::default();
         for service in self.inner.services().await? {
             let stream = self.inner.names.event_stream(&service);
-            readers.push(open_reader(&self.inner, &stream, policy).await?);
+            let after = match &from {
+                TailFrom::Start => 0,
+                TailFrom::After(earlier) => earlier.seq(&stream),
+                TailFrom::Now => {
+                    let mut found = self
+                        .inner
+                        .js
+                        .get_stream(&stream)
+                        .await
+                        .map_err(unavailable)?;
+                    found.info().await.map_err(unavailable)?.state.last_sequence
+                }
+            };
+            let policy = consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            };
+            readers.push((
+                stream.clone(),
+                open_reader(&self.inner, &stream, policy).await?,
+            ));
+            position.advance(&stream, after);
             known.insert(stream);
         }
         let (out, events) = mpsc::channel(MEMBER_BUFFER);
@@ -784,6 +802,7 @@ impl Broker for NatsBroker {
         Ok(Box::new(NatsTail {
             types,
             events,
+            position,
             _task: Owned(task),
         }))
     }
@@ -813,13 +832,13 @@ async fn open_reader(
 /// later from its start, until the tail is dropped.
 async fn follow(
     inner: Arc<Inner>,
-    readers: Vec<consumer::pull::Ordered>,
+    readers: Vec<(String, consumer::pull::Ordered)>,
     mut known: HashSet<String>,
-    out: mpsc::Sender<CloudEvent>,
+    out: mpsc::Sender<Positioned>,
 ) {
     let mut forwarding = JoinSet::new();
-    for reader in readers {
-        forwarding.spawn(forward(reader, out.clone()));
+    for (stream, reader) in readers {
+        forwarding.spawn(forward(stream, reader, out.clone()));
     }
     while !out.is_closed() {
         tokio::time::sleep(DISCOVERY_INTERVAL).await;
@@ -830,7 +849,7 @@ async fn follow(
             }
             match open_reader(&inner, &stream, consumer::DeliverPolicy::All).await {
                 Ok(reader) => {
-                    forwarding.spawn(forward(reader, out.clone()));
+                    forwarding.spawn(forward(stream.clone(), reader, out.clone()));
                     known.insert(stream);
                 }
                 Err(error) => tracing::warn!(%stream, %error, "cannot follow the stream"),
@@ -839,23 +858,51 @@ async fn follow(
     }
 }
 
-async fn forward(mut reader: consumer::pull::Ordered, out: mpsc::Sender<CloudEvent>) {
+/// An event read from a stream, with its sequence there.
+struct Positioned {
+    stream: String,
+    seq: u64,
+    event: CloudEvent,
+}
+
+async fn forward(
+    stream: String,
+    mut reader: consumer::pull::Ordered,
+    out: mpsc::Sender<Positioned>,
+) {
     while let Some(message) = reader.next().await {
-        match message.map(|m| serde_json::from_slice::<CloudEvent>(&m.payload)) {
-            Ok(Ok(event)) => {
-                if out.send(event).await.is_err() {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "following a stream");
+                continue;
+            }
+        };
+        let Ok(info) = message.info() else {
+            tracing::warn!(%stream, "a message without its stream sequence; skipped");
+            continue;
+        };
+        let seq = info.stream_sequence;
+        match serde_json::from_slice::<CloudEvent>(&message.payload) {
+            Ok(event) => {
+                let read = Positioned {
+                    stream: stream.clone(),
+                    seq,
+                    event,
+                };
+                if out.send(read).await.is_err() {
                     return;
                 }
             }
-            Ok(Err(error)) => tracing::warn!(%error, "not a CloudEvent; skipped"),
-            Err(error) => tracing::warn!(%error, "following a stream"),
+            Err(error) => tracing::warn!(%error, "not a CloudEvent; skipped"),
         }
     }
 }
 
 struct NatsTail {
     types: TypeFilter,
-    events: mpsc::Receiver<CloudEvent>,
+    events: mpsc::Receiver<Positioned>,
+    position: Position,
     _task: Owned,
 }
 
@@ -863,11 +910,16 @@ struct NatsTail {
 impl EventStream for NatsTail {
     async fn next(&mut self) -> Result<CloudEvent, BusError> {
         loop {
-            let event = self.events.recv().await.ok_or(BusError::Closed)?;
-            if self.types.matches(&event.event_type) {
-                return Ok(event);
+            let read = self.events.recv().await.ok_or(BusError::Closed)?;
+            self.position.advance(&read.stream, read.seq);
+            if self.types.matches(&read.event.event_type) {
+                return Ok(read.event);
             }
         }
+    }
+
+    fn position(&self) -> Position {
+        self.position.clone()
     }
 }
 
