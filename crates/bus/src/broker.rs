@@ -299,6 +299,18 @@ impl Position {
         *at = (*at).max(seq);
     }
 
+    /// Each log it names, with its sequence.
+    pub fn logs(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(log, &seq)| (log.as_str(), seq))
+    }
+
+    /// As far as either, in every log.
+    pub fn merge(&mut self, other: &Position) {
+        for (log, seq) in other.logs() {
+            self.advance(log, seq);
+        }
+    }
+
     /// Whether it is at least as far as `other` in every log.
     pub fn covers(&self, other: &Position) -> bool {
         other.0.iter().all(|(log, &seq)| self.seq(log) >= seq)

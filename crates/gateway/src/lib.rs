@@ -12,6 +12,7 @@ pub mod cache;
 pub mod compose;
 pub mod cors;
 pub mod discovery;
+pub mod events;
 pub mod metrics;
 pub mod openapi;
 pub mod path;
@@ -188,15 +189,17 @@ pub async fn serve(
             problem,
         })?;
     let _background = gateway.start_background();
-    // Cached answers that events make stale are purged as the events come;
-    // the stream is open before the first request is served.
-    let purging = gateway.snapshot().table.routes().iter().any(|route| {
-        route
-            .cache
-            .as_ref()
-            .is_some_and(|policy| policy.purge_on.is_some())
+    // Cached answers that events make stale are purged as the events come,
+    // and event streams read them; the bus is followed before the first
+    // request is served.
+    let follows = gateway.snapshot().table.routes().iter().any(|route| {
+        matches!(route.target, routes::Target::Events(_))
+            || route
+                .cache
+                .as_ref()
+                .is_some_and(|policy| policy.purge_on.is_some())
     });
-    let _purges = if purging {
+    let _purges = if follows {
         let report = bus::broker::DeadLetterReport::default();
         report.register(&metrics);
         let broker = bus::open(
@@ -208,10 +211,11 @@ pub async fn serve(
         .await
         .map_err(|e| GatewayStartError::Bus(e.to_string()))?;
         let shared = settings.cache.redis_url.is_some();
-        let follower = cache::follow_events(gateway.clone(), broker, shared)
+        let purges = gateway
+            .follow_bus(broker, shared)
             .await
             .map_err(|e| GatewayStartError::Bus(e.to_string()))?;
-        Some(follower)
+        Some(purges)
     } else {
         None
     };

@@ -87,13 +87,15 @@ pub fn merge(documents: &[Value], table: &RouteTable) -> Result<Value, String> {
         }
     }
     for route in table.routes() {
-        let Target::Compose(composite) = &route.target else {
-            continue;
-        };
         if route.config.path.is_none() {
             continue;
         }
-        let item = json!({ "get": composite_operation(route, composite, &paths) });
+        let operation = match &route.target {
+            Target::Service(_) => continue,
+            Target::Compose(composite) => composite_operation(route, composite, &paths),
+            Target::Events(types) => events_operation(route, types),
+        };
+        let item = json!({ "get": operation });
         if paths.insert(route.pattern.clone(), item).is_some() {
             return Err(format!(
                 "the composite route {} is on a path a service documents too",
@@ -101,16 +103,17 @@ pub fn merge(documents: &[Value], table: &RouteTable) -> Result<Value, String> {
             ));
         }
     }
-    if table
-        .routes()
-        .iter()
-        .any(|r| matches!(r.target, Target::Compose(_)))
-        && tag_names.insert("composites".into())
-    {
-        tags.push(json!({
-            "name": "composites",
-            "description": "Answered by the gateway from several services at once",
-        }));
+    for (tag, description) in [
+        (
+            "composites",
+            "Answered by the gateway from several services at once",
+        ),
+        ("events", "The caller's events, streamed by the gateway"),
+    ] {
+        let used = paths.values().any(|item| item["get"]["tags"][0] == tag);
+        if used && tag_names.insert(tag.into()) {
+            tags.push(json!({"name": tag, "description": description}));
+        }
     }
     Ok(json!({
         "openapi": "3.1.0",
@@ -187,6 +190,28 @@ fn composite_operation(route: &Route, composite: &Composite, paths: &Map<String,
         operation["security"] = json!([{"bearer": []}]);
     }
     operation
+}
+
+/// The GET an event-stream route answers.
+fn events_operation(route: &Route, types: &bus::TypeFilter) -> Value {
+    json!({
+        "tags": ["events"],
+        "operationId": route.name.to_string(),
+        "summary": "The caller's events, as Server-Sent Events",
+        "description": format!(
+            "Each event about the caller of the types {} as it happens: `event:` its type, `data:` the CloudEvent (JSON), `id:` where the stream stands. Reconnect with `Last-Event-ID` to resume just after it, missing nothing. A comment line every {} s keeps the connection (and the id) alive; a stream ends after {} s and the client reconnects.",
+            types.patterns().join(", "),
+            crate::events::KEEPALIVE.as_secs(),
+            crate::events::STREAM_LIFETIME.as_secs(),
+        ),
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": {"description": "Last-Event-ID is not an id this stream gave", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+            "401": {"description": "No valid access token", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+        },
+    })
 }
 
 /// `schema` at `pointer` (each token a property) in an object schema.

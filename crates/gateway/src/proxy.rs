@@ -26,7 +26,7 @@ use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Tar
 use crate::server::ClientTls;
 use crate::state::{Gateway, Snapshot};
 use crate::upstream::{Instance, Service};
-use crate::{cache, compose, path, retry};
+use crate::{cache, compose, events, path, retry};
 
 /// Headers a client may not send: only the gateway says who the caller is.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
@@ -175,7 +175,7 @@ async fn forward(
             })?;
     }
     let Some(policy) = &route.cache else {
-        return dispatch(snapshot, route, caller, peer, request, permit).await;
+        return dispatch(gateway, snapshot, route, caller, peer, request, permit).await;
     };
     let scope = match (&caller, policy.per_user) {
         (Some(caller), true) => caller.subject.clone(),
@@ -185,7 +185,7 @@ async fn forward(
     if request.method() == http::Method::GET {
         let target = request.uri().path_and_query().map_or("/", |t| t.as_str());
         let key = format!("{prefix}{target}");
-        let fetch = |request| dispatch(snapshot, route, caller, peer, request, permit);
+        let fetch = |request| dispatch(gateway, snapshot, route, caller, peer, request, permit);
         let answer = cache::through(
             &snapshot.cache,
             policy,
@@ -202,7 +202,7 @@ async fn forward(
         *request.method(),
         http::Method::HEAD | http::Method::OPTIONS
     );
-    let response = dispatch(snapshot, route, caller, peer, request, permit).await?;
+    let response = dispatch(gateway, snapshot, route, caller, peer, request, permit).await?;
     if writes && response.status().is_success() {
         let purge_from = match policy.per_user {
             true => prefix,
@@ -217,6 +217,7 @@ async fn forward(
 /// The route's target answers: its service through the proxy, or its
 /// branches merged.
 async fn dispatch(
+    gateway: &Gateway,
     snapshot: &Snapshot,
     route: &Route,
     caller: Option<Principal>,
@@ -232,6 +233,13 @@ async fn dispatch(
         Target::Compose(composite) => {
             let answer = compose::answer(snapshot, route, composite, caller, peer, request);
             return Box::pin(answer).await;
+        }
+        Target::Events(types) => {
+            let subject = caller
+                .map(|c| c.subject)
+                .ok_or_else(|| Problem::new(Code::InvalidToken))?;
+            let resume = request.headers().get(events::LAST_EVENT_ID);
+            return events::stream(gateway.feed(), types, subject, resume, permit);
         }
     };
     if wants_upgrade(&request) {

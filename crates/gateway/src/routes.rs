@@ -66,6 +66,11 @@ pub struct RouteConfig {
     /// merged into one JSON document (see [`crate::compose`]).
     #[serde(default)]
     pub branches: Vec<BranchConfig>,
+    /// An event-stream route: the bus events of these types (or
+    /// `prefix.*`) about the verified caller, as Server-Sent Events (see
+    /// [`crate::events`]).
+    #[serde(default)]
+    pub events: Vec<String>,
     #[serde(default)]
     pub auth: AuthPolicy,
     /// Roles of which the caller must have one; empty means any caller the
@@ -174,6 +179,8 @@ pub enum Target {
     Service(String),
     /// Several services' answers, merged.
     Compose(Composite),
+    /// The caller's events from the bus, streamed.
+    Events(bus::TypeFilter),
 }
 
 impl Route {
@@ -283,17 +290,35 @@ impl RouteTable {
                 }
                 (None, Some(_)) => return Err(error("rewrite needs a prefix".into())),
             };
-            let target = match (&config.service, config.branches.is_empty()) {
-                (Some(service), true) if services.contains(service) => {
+            let given = (
+                &config.service,
+                config.branches.is_empty(),
+                config.events.is_empty(),
+            );
+            let target = match given {
+                (Some(service), true, true) if services.contains(service) => {
                     Target::Service(service.clone())
                 }
-                (Some(service), true) => {
+                (Some(service), true, true) => {
                     return Err(error(format!("no service named {service:?}")));
                 }
-                (None, false) => {
+                (None, false, true) => {
                     Target::Compose(Composite::compile(config, &matcher, services).map_err(error)?)
                 }
-                _ => return Err(error("give exactly one of service and branches".into())),
+                (None, true, false) => {
+                    if config.auth != AuthPolicy::Required {
+                        return Err(error("an event stream needs auth = \"required\"".into()));
+                    }
+                    let patterns: Vec<&str> = config.events.iter().map(String::as_str).collect();
+                    let types = bus::TypeFilter::parse(&patterns)
+                        .map_err(|e| error(format!("events: {e}")))?;
+                    Target::Events(types)
+                }
+                _ => {
+                    return Err(error(
+                        "give exactly one of service, branches and events".into(),
+                    ));
+                }
             };
             if config.timeout_ms == 0 {
                 return Err(error("timeout_ms must be > 0".into()));
@@ -336,9 +361,9 @@ impl RouteTable {
                         .map_err(|_| error(format!("{m:?} is not a method")))
                 })
                 .collect::<Result<BTreeSet<_>, _>>()?;
-            // A composite answers GET only, said or not.
+            // A composite or an event stream answers GET only, said or not.
             let methods = match &target {
-                Target::Compose(_) => BTreeSet::from([Method::GET]),
+                Target::Compose(_) | Target::Events(_) => BTreeSet::from([Method::GET]),
                 Target::Service(_) => methods,
             };
             let cache = config
@@ -463,6 +488,7 @@ mod tests {
             headers: BTreeMap::new(),
             service: Some("users".into()),
             branches: vec![],
+            events: vec![],
             auth: AuthPolicy::Required,
             roles: vec![],
             timeout_ms: 1000,

@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::cache::{Cache, CacheStore, MemoryCache, RedisCache};
 use crate::cors::Cors;
 use crate::discovery::{self, Registry};
+use crate::events::Feed;
 use crate::metrics::GatewayMetrics;
 use crate::ratelimit::SharedLimits;
 use crate::routes::RouteTable;
@@ -71,6 +72,8 @@ pub struct Gateway {
     /// in force.
     documents: OnceLock<Vec<Value>>,
     merged: Mutex<Option<(u64, Bytes)>>,
+    /// What event-stream routes read, once the bus is followed.
+    feed: OnceLock<Arc<Feed>>,
 }
 
 impl Gateway {
@@ -100,6 +103,7 @@ impl Gateway {
             reloading: Mutex::new(()),
             documents: OnceLock::new(),
             merged: Mutex::new(None),
+            feed: OnceLock::new(),
         }))
     }
 
@@ -127,6 +131,26 @@ impl Gateway {
         let document = Bytes::from(serde_json::to_vec(&document).map_err(|e| e.to_string())?);
         *merged = Some((snapshot.version, document.clone()));
         Ok(document)
+    }
+
+    /// Follows the bus, before the first request is served: events purge
+    /// the cached answers they make stale (`shared_cache`: the cache is
+    /// shared by replicas, which purge as one consumer group), and feed the
+    /// event-stream routes.
+    pub async fn follow_bus(
+        self: &Arc<Self>,
+        broker: bus::SharedBroker,
+        shared_cache: bool,
+    ) -> Result<tokio::task::JoinHandle<()>, bus::BusError> {
+        let purges =
+            crate::cache::follow_events(self.clone(), broker.clone(), shared_cache).await?;
+        let _ = self.feed.set(Feed::start(broker).await?);
+        Ok(purges)
+    }
+
+    /// What event-stream routes read; none until the bus is followed.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.feed.get()
     }
 
     /// The configuration in force.

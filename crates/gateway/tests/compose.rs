@@ -372,7 +372,7 @@ fn bad_composites_are_refused_at_load_with_a_precise_message() {
             .replace("auth = \"none\"", "auth = \"none\"\nservice = \"people\""),
     );
     assert!(
-        both.contains("give exactly one of service and branches"),
+        both.contains("give exactly one of service, branches and events"),
         "{both}"
     );
     let post = refusal(

@@ -215,6 +215,15 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
             .0
             .contains("hit")
     );
+    // The caller's own events stream from the gateway as they happen.
+    let mut events = http
+        .get(format!("{gateway}/api/v1/me/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
     let users = url_of(&entries, "users", 0);
     let changed = http
         .patch(format!("{users}/api/v1/users/me"))
@@ -232,6 +241,17 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut seen = String::new();
+    while !seen.contains("event: users.user.updated.v1") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+            .await
+            .expect("the change streams within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.contains("Cy Changed"), "{seen}");
+    drop(events);
 
     let public_metrics = http.get(format!("{gateway}/metrics")).send().await.unwrap();
     assert_eq!(
