@@ -724,24 +724,24 @@ pub async fn follow_events(
     }))
 }
 
-/// The moment an entry of `ttl` kept now expires: for tests of stores.
-pub fn expiring(ttl: Duration) -> u64 {
-    now_ms() + ttl.as_millis() as u64
-}
-
-/// Makes an entry (tests of stores).
-pub fn entry(body: &'static str, etag: &str, expires_at_ms: u64) -> Entry {
-    Entry {
-        headers: vec![("etag".into(), etag.into())],
-        body: Bytes::from_static(body.as_bytes()),
-        stored_at_ms: now_ms(),
-        expires_at_ms,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The moment an entry of `ttl` kept now expires.
+    fn expiring(ttl: Duration) -> u64 {
+        now_ms() + ttl.as_millis() as u64
+    }
+
+    /// An entry with `body` and `etag`.
+    fn entry(body: &'static str, etag: &str, expires_at_ms: u64) -> Entry {
+        Entry {
+            headers: vec![("etag".into(), etag.into())],
+            body: Bytes::from_static(body.as_bytes()),
+            stored_at_ms: now_ms(),
+            expires_at_ms,
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs

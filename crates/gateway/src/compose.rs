@@ -423,7 +423,7 @@ pub(crate) async fn answer(
             .unwrap_or_default(),
     };
     let mut headers = proxy::prepare(request, peer, caller, 0).await?.headers;
-    headers.retain_names(&FORWARDED_HEADERS);
+    retain_names(&mut headers, &FORWARDED_HEADERS);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
 
     let count = composite.branches.len();
@@ -721,20 +721,14 @@ fn put(document: &mut Value, pointer: &str, value: Value) {
 }
 
 /// Keeps only the named headers.
-trait RetainNames {
-    fn retain_names(&mut self, names: &[&str]);
-}
-
-impl RetainNames for HeaderMap {
-    fn retain_names(&mut self, names: &[&str]) {
-        let drop: Vec<HeaderName> = self
-            .keys()
-            .filter(|k| !names.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for name in drop {
-            self.remove(name);
-        }
+fn retain_names(headers: &mut HeaderMap, names: &[&str]) {
+    let drop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| !names.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for name in drop {
+        headers.remove(name);
     }
 }
 
