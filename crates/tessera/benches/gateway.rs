@@ -2,7 +2,9 @@
 //! gateway (`tessera serve gateway`), through nginx (and HAProxy) when
 //! installed, configured alike: one worker, keep-alive to the upstream, no
 //! access log. One load generator, rounds interleaved, medians printed with
-//! ratios against nginx.
+//! ratios against nginx, and each proxy's CPU time (user + system, workers
+//! included) per request: the cost behind the throughput once the load
+//! generator and the proxy share the machine's cores.
 //!
 //! Then composition: a composite of three branches that each answer after
 //! 1 ms against one proxied 1 ms call, p50 and the difference printed
@@ -155,6 +157,10 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
 
 struct Round {
     per_s: f64,
+    requests: u64,
+    /// The proxy's CPU time (user + system, its workers included) per
+    /// request; none for the upstream itself.
+    cpu_us: Option<f64>,
     p50_us: f64,
     p99_us: f64,
     errors: u64,
@@ -202,10 +208,38 @@ async fn load(port: u16, path: &str, connections: u64, seconds: u64) -> Round {
     let at = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64;
     Round {
         per_s: all.len() as f64 / elapsed,
+        requests: all.len() as u64,
+        cpu_us: None,
         p50_us: at(0.5),
         p99_us: at(0.99),
         errors,
     }
+}
+
+/// CPU time (user + system, in clock ticks) of `pid` and its children
+/// (nginx's worker is the master's child).
+fn cpu_ticks(pid: u32) -> u64 {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // After the command's closing parenthesis: state is the first
+            // field, utime the 12th, stime the 13th.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(cpu_ticks)
+        .sum::<u64>()
+}
+
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -258,13 +292,20 @@ async fn main() {
     );
     let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (i, (_, port, _)) in targets.iter().enumerate() {
-            results[i].push(load(*port, "/bench", connections, seconds).await);
+        for (i, (_, port, proc)) in targets.iter().enumerate() {
+            let pid = proc.as_ref().map(|p| p.0.id());
+            let before = pid.map(cpu_ticks);
+            let mut round = load(*port, "/bench", connections, seconds).await;
+            if let (Some(pid), Some(before)) = (pid, before) {
+                let spent = cpu_ticks(pid).saturating_sub(before) as f64 / ticks_per_s();
+                round.cpu_us = Some(spent * 1e6 / round.requests.max(1) as f64);
+            }
+            results[i].push(round);
         }
     }
     println!(
-        "{:<10} {:>12} {:>10} {:>10} {:>8}",
-        "", "requests/s", "p50 µs", "p99 µs", "errors"
+        "{:<10} {:>12} {:>10} {:>10} {:>8} {:>12}",
+        "", "requests/s", "p50 µs", "p99 µs", "errors", "CPU µs/req"
     );
     let medians: Vec<(f64, f64, f64)> = results
         .iter()
@@ -280,7 +321,12 @@ async fn main() {
         targets.iter().zip(medians.iter().zip(&results))
     {
         let errors: u64 = rounds.iter().map(|r| r.errors).sum();
-        println!("{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8}");
+        let cpu: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_us).collect();
+        let cpu = match cpu.is_empty() {
+            true => "-".to_owned(),
+            false => format!("{:.1}", median(cpu)),
+        };
+        println!("{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8} {cpu:>12}");
     }
     let gateway = medians[1];
     for (i, (name, _, _)) in targets.iter().enumerate().skip(2) {
