@@ -11,10 +11,9 @@
 //! configuration is refused when it is loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -29,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::proxy::{self, Attempts, Prepared};
 use crate::routes::{AuthPolicy, Route, RouteConfig};
+use crate::server::Client;
 use crate::state::Snapshot;
 
 /// Branches one composite may have.
@@ -396,7 +396,7 @@ pub(crate) async fn answer(
     route: &Route,
     composite: &Composite,
     caller: Option<Principal>,
-    peer: SocketAddr,
+    client: &Client,
     request: Request,
 ) -> Result<Response, Problem> {
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -422,7 +422,10 @@ pub(crate) async fn answer(
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default(),
     };
-    let mut headers = proxy::prepare(request, peer, caller, 0).await?.headers;
+    // A composite takes no body.
+    let (parts, body) = request.into_parts();
+    proxy::read_body(body, &parts.headers, 0).await?;
+    let mut headers = proxy::prepare(parts, Bytes::new(), client, caller).headers;
     retain_names(&mut headers, &FORWARDED_HEADERS);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
 

@@ -98,32 +98,47 @@ pub struct Public {
     metrics: Arc<Metrics>,
 }
 
+/// What [`Public`] answers with.
+pub type PublicFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Public {
+    /// Answers one request from `client`.
+    pub(crate) fn serve(&self, request: Request, client: server::Client) -> PublicFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let served = kit::http::observe(&this.metrics, request, |request| async move {
+                if openapi::is_docs_path(request.uri().path()) {
+                    // Rare, and its future large: boxed where it runs.
+                    let Ok(response) = Box::pin(this.docs.oneshot(request)).await;
+                    return response;
+                }
+                proxy::handle(&this.gateway, &client, request).await
+            });
+            Ok(served.await)
+        })
+    }
+}
+
+/// For servers that give the peer as [`ConnectInfo`] (tests): no TLS.
 impl tower::Service<Request> for Public {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = PublicFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let served = kit::http::observe(&this.metrics, request, |request| async move {
-                if openapi::is_docs_path(request.uri().path()) {
-                    let Ok(response) = this.docs.oneshot(request).await;
-                    return response;
-                }
-                match request.extensions().get::<ConnectInfo<PeerAddr>>() {
-                    Some(&ConnectInfo(PeerAddr(peer))) => {
-                        proxy::handle(&this.gateway, peer, request).await
-                    }
-                    None => Problem::internal("the server gave no peer address").into_response(),
-                }
-            });
-            Ok(served.await)
-        })
+        match request.extensions().get::<ConnectInfo<PeerAddr>>() {
+            Some(&ConnectInfo(PeerAddr(peer))) => {
+                self.serve(request, server::Client::new(peer, false))
+            }
+            None => {
+                let response = Problem::internal("the server gave no peer address").into_response();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
     }
 }
 

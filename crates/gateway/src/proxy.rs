@@ -4,7 +4,6 @@
 //! answer. Every refusal is a problem+json; every upstream failure says
 //! which it was (502 unreachable, 504 too slow, 503 nothing to send to).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -23,7 +22,7 @@ use crate::cors::{Cors, Verdict};
 use crate::pool::{PooledBody, SendError};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
-use crate::server::ClientTls;
+use crate::server::Client;
 use crate::state::{Gateway, Snapshot};
 use crate::upstream::{Instance, Service};
 use crate::{cache, compose, events, path, retry};
@@ -34,22 +33,26 @@ pub const IDENTITY_HEADER_PREFIX: &str = "x-tessera-";
 pub const USER_HEADER: &str = "x-tessera-user";
 pub const ROLES_HEADER: &str = "x-tessera-roles";
 
+/// Who the request came through, for the upstream.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
 /// forwarded; also those the `Connection` header names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
 /// The one handler of the public port. Its responses carry the route's
 /// name, for the kit's metrics and access log.
-pub async fn handle(gateway: &Gateway, peer: SocketAddr, request: Request) -> Response {
+pub async fn handle(gateway: &Gateway, client: &Client, request: Request) -> Response {
     // One version of the configuration from start to end.
     let snapshot = gateway.snapshot();
     if let Err(problem) = headers_within(request.headers(), snapshot.settings.headers_max_bytes) {
@@ -79,7 +82,7 @@ pub async fn handle(gateway: &Gateway, peer: SocketAddr, request: Request) -> Re
         (Some(cors), Some(origin), Some(asked)) => {
             cors.preflight_answer(origin.clone(), &route.methods(), asked)
         }
-        _ => match forward(gateway, &snapshot, route, peer, request).await {
+        _ => match forward(gateway, &snapshot, route, client, request).await {
             Ok(response) => cors_decorated(&snapshot, origin, response),
             Err(problem) => cors_decorated(&snapshot, origin, problem.into_response()),
         },
@@ -136,7 +139,7 @@ async fn forward(
     gateway: &Gateway,
     snapshot: &Snapshot,
     route: &Route,
-    peer: SocketAddr,
+    client: &Client,
     request: Request,
 ) -> Result<Response, Problem> {
     let permit = route.concurrency.clone().try_acquire_owned().map_err(|_| {
@@ -157,7 +160,7 @@ async fn forward(
         let key = match (limiter.key, &caller) {
             (LimitKey::User, Some(caller)) => caller.subject.as_str(),
             _ => {
-                ip = peer.ip().to_string();
+                ip = client.addr.ip().to_string();
                 ip.as_str()
             }
         };
@@ -175,7 +178,7 @@ async fn forward(
             })?;
     }
     let Some(policy) = &route.cache else {
-        return dispatch(gateway, snapshot, route, caller, peer, request, permit).await;
+        return dispatch(gateway, snapshot, route, caller, client, request, permit).await;
     };
     let scope = match (&caller, policy.per_user) {
         (Some(caller), true) => caller.subject.clone(),
@@ -185,7 +188,7 @@ async fn forward(
     if request.method() == http::Method::GET {
         let target = request.uri().path_and_query().map_or("/", |t| t.as_str());
         let key = format!("{prefix}{target}");
-        let fetch = |request| dispatch(gateway, snapshot, route, caller, peer, request, permit);
+        let fetch = |request| dispatch(gateway, snapshot, route, caller, client, request, permit);
         let answer = cache::through(
             &snapshot.cache,
             policy,
@@ -202,7 +205,7 @@ async fn forward(
         *request.method(),
         http::Method::HEAD | http::Method::OPTIONS
     );
-    let response = dispatch(gateway, snapshot, route, caller, peer, request, permit).await?;
+    let response = dispatch(gateway, snapshot, route, caller, client, request, permit).await?;
     if writes && response.status().is_success() {
         let purge_from = match policy.per_user {
             true => prefix,
@@ -221,7 +224,7 @@ async fn dispatch(
     snapshot: &Snapshot,
     route: &Route,
     caller: Option<Principal>,
-    peer: SocketAddr,
+    client: &Client,
     request: Request,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response, Problem> {
@@ -231,7 +234,7 @@ async fn dispatch(
             .get(name)
             .ok_or_else(|| Problem::new(Code::Unavailable))?,
         Target::Compose(composite) => {
-            let answer = compose::answer(snapshot, route, composite, caller, peer, request);
+            let answer = compose::answer(snapshot, route, composite, caller, client, request);
             return Box::pin(answer).await;
         }
         Target::Events(types) => {
@@ -243,22 +246,22 @@ async fn dispatch(
         }
     };
     if wants_upgrade(&request) {
-        return Box::pin(upgrade(route, service, peer, caller, request, permit)).await;
+        return Box::pin(upgrade(route, service, client, caller, request, permit)).await;
     }
     let safe = retry::is_safe(request.method(), request.headers());
     // The route's timeout covers reading the body and the whole exchange.
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let prepared = tokio::time::timeout_at(
-        deadline,
-        prepare(request, peer, caller, route.body_max_bytes),
-    )
-    .await
-    .map_err(|_| {
-        Problem::new(Code::Timeout).detail(format!(
-            "the request body did not arrive within {} ms",
-            route.timeout.as_millis()
-        ))
-    })??;
+    let (parts, body) = request.into_parts();
+    let read = read_body(body, &parts.headers, route.body_max_bytes);
+    let body = tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_| {
+            Problem::new(Code::Timeout).detail(format!(
+                "the request body did not arrive within {} ms",
+                route.timeout.as_millis()
+            ))
+        })??;
+    let prepared = prepare(parts, body, client, caller);
     let prepared = match &route.rewrite {
         Some((prefix, to)) => rewritten(prepared, prefix, to)?,
         None => prepared,
@@ -440,7 +443,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 async fn upgrade(
     route: &Route,
     service: &Service,
-    peer: SocketAddr,
+    client: &Client,
     caller: Option<Principal>,
     mut request: Request,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -448,7 +451,9 @@ async fn upgrade(
     let protocol = request.headers().get(header::UPGRADE).cloned();
     let client_side = hyper::upgrade::on(&mut request);
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let prepared = prepare(request, peer, caller, route.body_max_bytes).await?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, route.body_max_bytes).await?;
+    let prepared = prepare(parts, body, client, caller);
     let in_flight = service
         .pick(&prepared.headers)
         .ok_or_else(|| no_instance(service))?;
@@ -595,43 +600,48 @@ impl Prepared {
     }
 }
 
-/// Phase 4: the request as the upstream sees it.
-pub(crate) async fn prepare(
-    request: Request,
-    peer: SocketAddr,
-    caller: Option<Principal>,
+/// Phase 4a: the request's body, held whole (a retry sends it again) and
+/// at most `body_max_bytes` long.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
     body_max_bytes: usize,
-) -> Result<Prepared, Problem> {
+) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::new(Code::PayloadTooLarge)
             .detail(format!("this route takes at most {body_max_bytes} bytes"))
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > body_max_bytes) {
         return Err(too_large());
     }
-    let tls = request.extensions().get::<ClientTls>().is_some();
-    let (parts, body) = request.into_parts();
-    // Most requests have no body: reading one is boxed where it happens.
-    let body = if hyper::body::Body::is_end_stream(&body) {
-        Bytes::new()
-    } else {
-        Box::pin(axum::body::to_bytes(body, body_max_bytes))
-            .await
-            .map_err(|error| {
-                let over = std::error::Error::source(&error)
-                    .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-                if over {
-                    too_large()
-                } else {
-                    Problem::new(Code::MalformedRequest)
-                        .detail("the request body could not be read")
-                }
-            })?
-    };
+    // Most requests have no body: reading one is boxed where it happens,
+    // so that the request's future stays small.
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
+    Box::pin(axum::body::to_bytes(body, body_max_bytes))
+        .await
+        .map_err(|error| {
+            let over = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large()
+            } else {
+                Problem::new(Code::MalformedRequest).detail("the request body could not be read")
+            }
+        })
+}
+
+/// Phase 4b: the request as the upstream sees it.
+pub(crate) fn prepare(
+    parts: http::request::Parts,
+    body: Bytes,
+    client: &Client,
+    caller: Option<Principal>,
+) -> Prepared {
     let target = parts
         .uri
         .path_and_query()
@@ -654,43 +664,53 @@ pub(crate) async fn prepare(
             headers.insert(ROLES_HEADER, roles);
         }
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let forwarded_for = match earlier {
+        Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.addr.ip())).ok(),
+        None => Some(client.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    let proto = if tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let proto = if client.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(trace) = kit::telemetry::current_trace() {
-        headers.insert("traceparent", trace.traceparent_header());
+        headers.insert(kit::telemetry::TRACEPARENT, trace.traceparent_header());
     }
-    Ok(Prepared {
+    Prepared {
         method: parts.method,
         target,
         headers,
         body,
-    })
+    }
 }
 
 /// Removes hop-by-hop headers and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present
-    // instead of a lookup per hop-by-hop name.
-    if !headers
+    // One pass over the few names present; most messages carry none, and
+    // those that do (`Connection: keep-alive`) one or two.
+    let mut found: Vec<HeaderName> = headers
         .keys()
-        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
-    {
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if found.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    // `Connection` names options (`close`) and hop-by-hop headers already
+    // found, as often as other headers.
+    let other = |token: &&str| {
+        !token.eq_ignore_ascii_case("close")
+            && !HOP_BY_HOP
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+    };
+    found.extend(
+        connection_tokens(headers)
+            .filter(other)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+    );
+    for name in found {
         headers.remove(name);
     }
 }

@@ -10,19 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use kit::http::PeerAddr;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tower::Service;
 
 /// A TLS handshake must finish within this long.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,9 +44,24 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
 }
 
-/// Marks a request that came over TLS (`x-forwarded-proto: https`).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientTls;
+/// The other end of a public connection, learned once per connection
+/// rather than per request.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    /// The address as `X-Forwarded-For` names it, written out once.
+    pub ip: HeaderValue,
+    /// It came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip =
+            HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a header value");
+        Self { addr, ip, tls }
+    }
+}
 
 /// The TLS side of the public port, from the certificate and key files.
 pub fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
@@ -133,8 +146,7 @@ pub async fn serve(
                 None => {
                     let service = PerConnection {
                         router,
-                        peer,
-                        tls: false,
+                        client: Client::new(peer, false),
                     };
                     serve_connection(&builder, watcher, stream, service).await
                 }
@@ -154,8 +166,7 @@ pub async fn serve(
                     };
                     let service = PerConnection {
                         router,
-                        peer,
-                        tls: true,
+                        client: Client::new(peer, true),
                     };
                     serve_connection(&builder, watcher, stream, service).await
                 }
@@ -190,28 +201,20 @@ where
     watcher.watch(connection.into_owned()).await
 }
 
-/// The router, for one connection: each request learns the peer's
-/// address and whether it came over TLS.
+/// The router, for one connection: each request learns who sent it.
 #[derive(Clone)]
 struct PerConnection {
     router: crate::Public,
-    peer: SocketAddr,
-    tls: bool,
+    client: Client,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for PerConnection {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = <crate::Public as Service<axum::extract::Request>>::Future;
+    type Future = crate::PublicFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(PeerAddr(self.peer)));
-        if self.tls {
-            request.extensions_mut().insert(ClientTls);
-        }
-        self.router.clone().call(request)
+        self.router
+            .serve(request.map(Body::new), self.client.clone())
     }
 }

@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,7 +29,7 @@ use crate::config::HttpSettings;
 use crate::problem::{Code, Problem};
 use crate::telemetry::{self, Metrics, RequestLabels, RouteLabels, RouteName, TraceContext};
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A client-supplied request id longer than this is replaced.
 pub const REQUEST_ID_LEN_MAX: usize = 128;
 
@@ -212,12 +212,12 @@ where
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let trace = TraceContext::continue_or_start(
         req.headers()
-            .get("traceparent")
+            .get(telemetry::TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
     );
     let request_id = req
         .headers()
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .filter(|v| {
             v.to_str()
                 .is_ok_and(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
@@ -288,7 +288,7 @@ where
         .observe(elapsed.as_secs_f64());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
-    headers.insert("traceparent", trace.traceparent_header());
+    headers.insert(telemetry::TRACEPARENT, trace.traceparent_header());
     response
 }
 

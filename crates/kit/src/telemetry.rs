@@ -34,6 +34,10 @@ pub fn init_logs(settings: &LogSettings) {
     };
 }
 
+/// The W3C trace context header. Header names used on every request are
+/// constants: a name given as a string is parsed again at each use.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// A W3C trace id: 128 bits, written as 32 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId(pub u128);
@@ -143,9 +147,14 @@ tokio::task_local! {
     static CURRENT: TraceContext;
 }
 
-/// Runs `future` with `context` as the current trace.
-pub async fn in_trace<F: Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+/// Runs `future` with `context` as the current trace. Not an `async fn`:
+/// that would hold `future` twice (as its argument and inside the scope),
+/// and the request's future is the largest there is.
+pub fn in_trace<F: Future>(
+    context: TraceContext,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
+    CURRENT.scope(context, future)
 }
 
 pub fn current_trace() -> Option<TraceContext> {

@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kit::config::Config;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tessera",
