@@ -1,9 +1,12 @@
 //! Keep-alive HTTP/1.1 connections to one instance. A request takes an
-//! idle connection (or opens one within its route's connect timeout),
-//! is sent from the request's own task, and the connection comes back
-//! when the response body has been read to its end. A request that a
-//! stale connection closed on before a byte of it was written is sent
-//! again on a new connection: that is safe for any method.
+//! idle connection (or opens one within its route's connect timeout) and
+//! drives it itself: the connection's reads and writes happen in the
+//! request's own task, with no hand-over to a connection task and back
+//! (one wake-up fewer per request, each costing a pass of the run queue).
+//! The connection comes back when the response body has been read to its
+//! end. A request that a stale connection closed on before a byte of it
+//! was written is sent again on a new connection: that is safe for any
+//! method.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -34,8 +37,76 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
-struct Idle {
+/// What reads and writes one connection (hyper's, whose type is not
+/// named).
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// A connection: the side requests are sent on, and its driver, polled by
+/// whoever holds the connection.
+struct Conn {
     sender: SendRequest<Body>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+/// Lets a connection read and write what it can. False once it has ended
+/// (closed by the instance, or broken).
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
+    let Some(running) = driver else {
+        return false;
+    };
+    match running.as_mut().poll(cx) {
+        Poll::Pending => true,
+        Poll::Ready(ended) => {
+            if let Err(error) = ended {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+            *driver = None;
+            false
+        }
+    }
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.driver.is_none() || self.sender.is_closed()
+    }
+
+    /// Ready for a request: the previous exchange done, the connection
+    /// open.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            let open = drive(&mut self.driver, cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(ready) => Poll::Ready(ready.is_ok() && open),
+                Poll::Pending if !open => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Sends `request` and drives the connection until the answer's head
+    /// has arrived.
+    async fn exchange(
+        &mut self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>
+    {
+        let mut answer = std::pin::pin!(self.sender.try_send_request(request));
+        std::future::poll_fn(|cx| {
+            // Driving first writes the request and reads what came back;
+            // a connection that ended drops the answer's sender with it,
+            // so that the answer is then ready (an error).
+            drive(&mut self.driver, cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
@@ -88,15 +159,15 @@ impl Pool {
         // idle; a request it refused unsent goes once more, on a new one.
         // Connecting is rare and its future large: boxed where it runs.
         for fresh in [false, true] {
-            let mut sender = match fresh {
+            let mut conn = match fresh {
                 false => match self.take_idle().await {
-                    Some(sender) => sender,
+                    Some(conn) => conn,
                     None => Box::pin(self.connect(connect_timeout)).await?,
                 },
                 true => Box::pin(self.connect(connect_timeout)).await?,
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled(response, sender)),
+            match conn.exchange(request).await {
+                Ok(response) => return Ok(self.pooled(response, conn)),
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) if !fresh => request = unsent,
                     _ => return Err(SendError::Http(failed.into_error())),
@@ -107,19 +178,19 @@ impl Pool {
     }
 
     /// The freshest idle connection ready for a request, if any.
-    async fn take_idle(&self) -> Option<SendRequest<Body>> {
+    async fn take_idle(&self) -> Option<Conn> {
         loop {
-            let Idle { mut sender, since } = self.lock().pop()?;
-            if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
+            let Idle { mut conn, since } = self.lock().pop()?;
+            if since.elapsed() > IDLE_TIMEOUT || conn.is_closed() {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.ready().await {
+                return Some(conn);
             }
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, timeout: Duration) -> Result<Conn, SendError> {
         let connecting = tokio::net::TcpStream::connect(self.authority.as_str());
         let stream = tokio::time::timeout(timeout, connecting)
             .await
@@ -128,38 +199,46 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            driver: Some(Box::pin(connection.with_upgrades())),
+        })
     }
 
     fn pooled(
         self: &Arc<Self>,
         response: http::Response<Incoming>,
-        sender: SendRequest<Body>,
+        mut conn: Conn,
     ) -> http::Response<PooledBody> {
-        // A switched connection belongs to the upgrade from now on.
-        let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-        let (parts, inner) = response.into_parts();
-        let mut body = PooledBody {
-            inner,
-            giveback: keep.then(|| (sender, self.clone())),
+        // A switched connection belongs to the upgrade from now on: its
+        // driver runs on its own until it hands the connection over.
+        let giveback = match response.status() {
+            StatusCode::SWITCHING_PROTOCOLS => {
+                if let Some(driver) = conn.driver.take() {
+                    tokio::spawn(async move {
+                        if let Err(error) = driver.await {
+                            tracing::debug!(%error, "upstream connection ended");
+                        }
+                    });
+                }
+                None
+            }
+            _ => Some((conn, self.clone())),
         };
+        let (parts, inner) = response.into_parts();
+        let mut body = PooledBody { inner, giveback };
         body.give_back_if_done();
         http::Response::from_parts(parts, body)
     }
 
-    fn give_back(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    fn give_back(&self, conn: Conn) {
+        if conn.is_closed() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < IDLE_PER_INSTANCE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -168,24 +247,25 @@ impl Pool {
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
     pub fn evict_idle(&self) {
         self.lock()
-            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && !idle.sender.is_closed());
+            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && !idle.conn.is_closed());
     }
 }
 
-/// A response body that gives its connection back when read to the end
-/// (dropped before, it closes the connection: what was left unread would
-/// be in the way of the next response).
+/// A response body that drives its connection while it is read, and
+/// gives the connection back when read to the end (dropped before, it
+/// closes the connection: what was left unread would be in the way of the
+/// next response).
 pub struct PooledBody {
     inner: Incoming,
-    giveback: Option<(SendRequest<Body>, Arc<Pool>)>,
+    giveback: Option<(Conn, Arc<Pool>)>,
 }
 
 impl PooledBody {
     fn give_back_if_done(&mut self) {
         if self.inner.is_end_stream()
-            && let Some((sender, pool)) = self.giveback.take()
+            && let Some((conn, pool)) = self.giveback.take()
         {
-            pool.give_back(sender);
+            pool.give_back(conn);
         }
     }
 }
@@ -199,11 +279,19 @@ impl hyper::body::Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Nothing buffered: the connection reads more (asked for by the
+        // poll above), and the body is looked at again.
+        if polled.is_pending()
+            && let Some((conn, _)) = &mut this.giveback
+        {
+            drive(&mut conn.driver, cx);
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
         match &polled {
             Poll::Ready(None) => {
-                if let Some((sender, pool)) = this.giveback.take() {
-                    pool.give_back(sender);
+                if let Some((conn, pool)) = this.giveback.take() {
+                    pool.give_back(conn);
                 }
             }
             Poll::Ready(Some(Ok(_))) => this.give_back_if_done(),
@@ -219,5 +307,77 @@ impl hyper::body::Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An instance that answers `ok` to each request; with `close`, it
+    /// closes the connection after one answer (as an instance whose
+    /// keep-alive timeout passed does). Counts the connections it took.
+    async fn instance(close: bool) -> (Arc<Pool>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    loop {
+                        let Ok(n @ 1..) = stream.read(&mut buffer).await else {
+                            return;
+                        };
+                        head.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (Pool::new(authority), accepted)
+    }
+
+    async fn get(pool: &Arc<Pool>) -> String {
+        let request = http::Request::get("/").body(Body::empty()).unwrap();
+        let response = pool.send(request, Duration::from_secs(1)).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_request_after_request() {
+        let (pool, accepted) = instance(false).await;
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closed_while_idle_is_not_used_again() {
+        let (pool, accepted) = instance(true).await;
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, "ok");
+            // The instance's close arrives while the connection is idle.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
