@@ -67,6 +67,15 @@ fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
     }
 }
 
+/// Polls the driver with a waker that wakes no one: for when the holder
+/// is about to do what would wake it (send a request, ask the body for
+/// data) and drives the connection itself right after. The wake-up would
+/// only poll the request's whole task once more for nothing; readiness is
+/// not lost, the runtime keeps it for the next poll.
+fn quiet(driver: &mut Option<Driver>) {
+    drive(driver, &mut Context::from_waker(std::task::Waker::noop()));
+}
+
 impl Conn {
     fn is_closed(&self) -> bool {
         self.driver.is_none() || self.sender.is_closed()
@@ -75,7 +84,7 @@ impl Conn {
     /// Ready for a request: the previous exchange done, the connection
     /// open.
     async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
+        let ready = std::future::poll_fn(|cx| {
             let open = drive(&mut self.driver, cx);
             match self.sender.poll_ready(cx) {
                 Poll::Ready(ready) => Poll::Ready(ready.is_ok() && open),
@@ -83,7 +92,10 @@ impl Conn {
                 Poll::Pending => Poll::Pending,
             }
         })
-        .await
+        .await;
+        // Sending wakes the driver; `exchange` drives it.
+        quiet(&mut self.driver);
+        ready
     }
 
     /// Sends `request` and drives the connection until the answer's head
@@ -94,14 +106,18 @@ impl Conn {
     ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>
     {
         let mut answer = std::pin::pin!(self.sender.try_send_request(request));
-        std::future::poll_fn(|cx| {
+        let answer = std::future::poll_fn(|cx| {
             // Driving first writes the request and reads what came back;
             // a connection that ended drops the answer's sender with it,
             // so that the answer is then ready (an error).
             drive(&mut self.driver, cx);
             answer.as_mut().poll(cx)
         })
-        .await
+        .await;
+        // The body's first read asks the driver for data; `PooledBody`
+        // drives it.
+        quiet(&mut self.driver);
+        answer
     }
 }
 
@@ -279,15 +295,23 @@ impl hyper::body::Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        // Nothing buffered: the connection reads more (asked for by the
-        // poll above), and the body is looked at again.
-        if polled.is_pending()
-            && let Some((conn, _)) = &mut this.giveback
-        {
-            drive(&mut conn.driver, cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
+        let polled = match &mut this.giveback {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some((conn, _)) => {
+                // Asking for data wakes the driver, and the data it hands
+                // over wakes the asker: both are here, so the first look
+                // registers no one; if nothing was buffered, the connection
+                // reads more and the body is looked at again.
+                let quiet = &mut Context::from_waker(std::task::Waker::noop());
+                match Pin::new(&mut this.inner).poll_frame(quiet) {
+                    Poll::Pending => {
+                        drive(&mut conn.driver, cx);
+                        Pin::new(&mut this.inner).poll_frame(cx)
+                    }
+                    ready => ready,
+                }
+            }
+        };
         match &polled {
             Poll::Ready(None) => {
                 if let Some((conn, pool)) = this.giveback.take() {
@@ -320,10 +344,24 @@ mod tests {
 
     use super::*;
 
-    /// An instance that answers `ok` to each request; with `close`, it
-    /// closes the connection after one answer (as an instance whose
-    /// keep-alive timeout passed does). Counts the connections it took.
-    async fn instance(close: bool) -> (Arc<Pool>, Arc<AtomicUsize>) {
+    /// How an instance answers.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `ok`, keeping the connection.
+        Ok,
+        /// `ok`, then closing the connection (as an instance whose
+        /// keep-alive timeout passed does).
+        OkThenClose,
+        /// A body of `CHUNKS` × `CHUNK` bytes, written a chunk at a time.
+        Large,
+    }
+
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 16;
+
+    /// An instance answering each request as told, counting the
+    /// connections it took.
+    async fn instance(answer: Answer) -> (Arc<Pool>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -342,8 +380,9 @@ mod tests {
                         head.extend_from_slice(&buffer[..n]);
                         while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                             head.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(answer).await.is_err() || close {
+                            if write(&mut stream, answer).await.is_err()
+                                || matches!(answer, Answer::OkThenClose)
+                            {
                                 return;
                             }
                         }
@@ -352,6 +391,24 @@ mod tests {
             }
         });
         (Pool::new(authority), accepted)
+    }
+
+    async fn write(stream: &mut tokio::net::TcpStream, answer: Answer) -> std::io::Result<()> {
+        if !matches!(answer, Answer::Large) {
+            return stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            CHUNK * CHUNKS
+        );
+        stream.write_all(head.as_bytes()).await?;
+        for _ in 0..CHUNKS {
+            stream.write_all(&[b'x'; CHUNK]).await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 
     async fn get(pool: &Arc<Pool>) -> String {
@@ -363,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_connection_serves_request_after_request() {
-        let (pool, accepted) = instance(false).await;
+        let (pool, accepted) = instance(Answer::Ok).await;
         for _ in 0..3 {
             assert_eq!(get(&pool).await, "ok");
         }
@@ -372,12 +429,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_instance_closed_while_idle_is_not_used_again() {
-        let (pool, accepted) = instance(true).await;
+        let (pool, accepted) = instance(Answer::OkThenClose).await;
         for _ in 0..3 {
             assert_eq!(get(&pool).await, "ok");
             // The instance's close arrives while the connection is idle.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_arriving_over_time_is_read_whole_and_the_connection_kept() {
+        let (pool, accepted) = instance(Answer::Large).await;
+        for _ in 0..2 {
+            let body = get(&pool).await;
+            assert_eq!(body.len(), CHUNK * CHUNKS);
+            assert!(body.bytes().all(|b| b == b'x'));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
