@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -423,9 +423,9 @@ pub(crate) async fn answer(
             .unwrap_or_default(),
     };
     // A composite takes no body.
-    let (parts, body) = request.into_parts();
-    proxy::read_body(body, &parts.headers, 0).await?;
-    let mut headers = proxy::prepare(parts, Bytes::new(), client, caller).headers;
+    let mut headers = proxy::read_and_prepare(request, client, caller, 0)
+        .await?
+        .headers;
     retain_names(&mut headers, &FORWARDED_HEADERS);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
 

@@ -230,13 +230,13 @@ impl Pool {
         // driver runs on its own until it hands the connection over.
         let giveback = match response.status() {
             StatusCode::SWITCHING_PROTOCOLS => {
-                if let Some(driver) = conn.driver.take() {
-                    tokio::spawn(async move {
-                        if let Err(error) = driver.await {
-                            tracing::debug!(%error, "upstream connection ended");
-                        }
-                    });
-                }
+                let mut driver = conn.driver.take();
+                tokio::spawn(std::future::poll_fn(move |cx| {
+                    match drive(&mut driver, cx) {
+                        true => Poll::Pending,
+                        false => Poll::Ready(()),
+                    }
+                }));
                 None
             }
             _ => Some((conn, self.clone())),

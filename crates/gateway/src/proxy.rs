@@ -156,13 +156,9 @@ async fn forward(
         _ => Box::pin(authenticate(gateway, route, request.headers())).await?,
     };
     if let Some(limiter) = &route.rate_limiter {
-        let ip;
         let key = match (limiter.key, &caller) {
             (LimitKey::User, Some(caller)) => caller.subject.as_str(),
-            _ => {
-                ip = client.addr.ip().to_string();
-                ip.as_str()
-            }
+            _ => client.ip_text(),
         };
         let shared = match &snapshot.shared_limits {
             Some(shared) => Box::pin(shared.check(&route.name, key, limiter)).await,
@@ -451,9 +447,7 @@ async fn upgrade(
     let protocol = request.headers().get(header::UPGRADE).cloned();
     let client_side = hyper::upgrade::on(&mut request);
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, route.body_max_bytes).await?;
-    let prepared = prepare(parts, body, client, caller);
+    let prepared = read_and_prepare(request, client, caller, route.body_max_bytes).await?;
     let in_flight = service
         .pick(&prepared.headers)
         .ok_or_else(|| no_instance(service))?;
@@ -635,6 +629,19 @@ pub(crate) async fn read_body(
         })
 }
 
+/// Phases 4a and 4b, with no deadline of their own (a protocol switch, a
+/// composite).
+pub(crate) async fn read_and_prepare(
+    request: Request,
+    client: &Client,
+    caller: Option<Principal>,
+    body_max_bytes: usize,
+) -> Result<Prepared, Problem> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, body_max_bytes).await?;
+    Ok(prepare(parts, body, client, caller))
+}
+
 /// Phase 4b: the request as the upstream sees it.
 pub(crate) fn prepare(
     parts: http::request::Parts,
@@ -666,7 +673,7 @@ pub(crate) fn prepare(
     }
     let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
     let forwarded_for = match earlier {
-        Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.addr.ip())).ok(),
+        Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip_text())).ok(),
         None => Some(client.ip.clone()),
     };
     if let Some(value) = forwarded_for {

@@ -48,8 +48,7 @@ pub struct TlsSettings {
 /// rather than per request.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub addr: SocketAddr,
-    /// The address as `X-Forwarded-For` names it, written out once.
+    /// Its address as `X-Forwarded-For` names it, written out once.
     pub ip: HeaderValue,
     /// It came over TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
@@ -59,7 +58,12 @@ impl Client {
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
         let ip =
             HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a header value");
-        Self { addr, ip, tls }
+        Self { ip, tls }
+    }
+
+    /// The address as text (`ip` read back).
+    pub fn ip_text(&self) -> &str {
+        self.ip.to_str().expect("written from an IP address")
     }
 }
 
