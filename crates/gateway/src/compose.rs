@@ -26,7 +26,8 @@ use kit::problem::{Code, Problem, ProblemDocument};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::proxy::{self, Attempts, Prepared};
+use crate::pool::Outgoing;
+use crate::proxy::{self, Attempts};
 use crate::routes::{AuthPolicy, Route, RouteConfig};
 use crate::server::Client;
 use crate::state::Snapshot;
@@ -448,7 +449,7 @@ pub(crate) async fn answer(
                 let target = render(branch, &inputs, &outcomes);
                 match target {
                     Ok(target) => {
-                        let prepared = Prepared {
+                        let prepared = Outgoing {
                             method: http::Method::GET,
                             target,
                             headers: headers.clone(),
@@ -545,7 +546,7 @@ async fn call(
     snapshot: &Snapshot,
     route: &Route,
     branch: &Branch,
-    prepared: Prepared,
+    prepared: Outgoing,
     route_deadline: tokio::time::Instant,
 ) -> Result<Value, Problem> {
     let Some(service) = snapshot.services.get(&branch.service) else {

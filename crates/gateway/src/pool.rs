@@ -1,128 +1,294 @@
-//! Keep-alive HTTP/1.1 connections to one instance. A request takes an
-//! idle connection (or opens one within its route's connect timeout) and
-//! drives it itself: the connection's reads and writes happen in the
-//! request's own task, with no hand-over to a connection task and back
-//! (one wake-up fewer per request, each costing a pass of the run queue).
-//! The connection comes back when the response body has been read to its
-//! end. A request that a stale connection closed on before a byte of it
-//! was written is sent again on a new connection: that is safe for any
-//! method.
+//! Keep-alive HTTP/1.1 connections to one instance, and the client side of
+//! HTTP/1.1 spoken on them. A request takes an idle connection (or opens
+//! one within its route's connect timeout), writes its head and body in
+//! one write, and reads the answer's head and body straight from the
+//! socket in the request's own task: no connection task, no channel
+//! between the two, no hand-over and back per exchange. The connection
+//! comes back when the answer's body has been read to its end and it may
+//! carry another exchange. A request that a stale connection refused
+//! before a byte of it was written is sent again on a new connection: that
+//! is safe for any method.
+//!
+//! What an instance says is bounded: its head at [`HEAD_MAX_BYTES`] and
+//! [`HEADERS_MAX`] headers, a chunk's size line at [`CHUNK_LINE_MAX_BYTES`];
+//! past them, or malformed, the answer is an error (the gateway's 502).
 
+use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use http::StatusCode;
-use http::header::{self, HeaderValue};
-use http::uri::Authority;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// Idle connections kept per instance; more are closed.
 pub const IDLE_PER_INSTANCE: usize = 64;
 /// An idle connection is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An answer's head (status line and headers), or a chunked body's
+/// trailers, longer than this is refused.
+pub const HEAD_MAX_BYTES: usize = 64 * 1024;
+/// An answer with more headers than this is refused.
+pub const HEADERS_MAX: usize = 100;
+/// A chunk's size line (extensions included) longer than this ends the
+/// body with an error.
+pub const CHUNK_LINE_MAX_BYTES: usize = 1024;
+/// Room asked for before each read of the socket.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A request as an instance gets it: an origin-form target, the body
+/// whole (so that a retry can send it again), the headers cleaned and
+/// completed. Its framing (`Content-Length`) is the pool's to write.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: Method,
+    pub target: PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("connect: {0}")]
-    Connect(std::io::Error),
+    Connect(io::Error),
     #[error("connect: no connection within {} ms", .0.as_millis())]
     ConnectTimeout(Duration),
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Io(#[from] io::Error),
+    #[error("the connection closed before an answer")]
+    Closed,
+    #[error("malformed answer: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("malformed answer: {0}")]
+    Invalid(&'static str),
 }
 
-/// What reads and writes one connection (hyper's, whose type is not
-/// named).
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// A connection: the side requests are sent on, and its driver, polled by
-/// whoever holds the connection.
+/// A connection and what was read from it and not yet taken.
 struct Conn {
-    sender: SendRequest<Body>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
+    io: TcpStream,
+    read: BytesMut,
 }
 
-/// Lets a connection read and write what it can. False once it has ended
-/// (closed by the instance, or broken).
-fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
-    let Some(running) = driver else {
-        return false;
-    };
-    match running.as_mut().poll(cx) {
-        Poll::Pending => true,
-        Poll::Ready(ended) => {
-            if let Err(error) = ended {
-                tracing::debug!(%error, "upstream connection ended");
+impl Conn {
+    /// Reads what the socket has (0 at its end).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
+            self.read.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// An idle connection has nothing to say: one the instance closed (or
+    /// wrote to out of turn) is readable, one still open is not. Reads
+    /// that drained the socket left it not readable, so this costs no
+    /// system call for a connection in good order.
+    fn still_open(&mut self) -> bool {
+        let noop = &mut Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(noop) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(self.io.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
-            *driver = None;
-            false
+        }
+    }
+
+    /// The answer's head, interim (1xx but 101) answers skipped.
+    async fn read_head(&mut self) -> Result<http::response::Parts, SendError> {
+        loop {
+            if let Some(parts) = parse_head(&mut self.read)? {
+                if parts.status.is_informational()
+                    && parts.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Ok(parts);
+            }
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(match self.read.is_empty() {
+                    true => SendError::Closed,
+                    false => SendError::Invalid("the head ended early"),
+                });
+            }
         }
     }
 }
 
-/// Polls the driver with a waker that wakes no one: for when the holder
-/// is about to do what would wake it (send a request, ask the body for
-/// data) and drives the connection itself right after. The wake-up would
-/// only poll the request's whole task once more for nothing; readiness is
-/// not lost, the runtime keeps it for the next poll.
-fn quiet(driver: &mut Option<Driver>) {
-    drive(driver, &mut Context::from_waker(std::task::Waker::noop()));
+/// One answer head from the front of `read`, taken out of it; none while
+/// it is incomplete.
+fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, SendError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADERS_MAX];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        read,
+        &mut slots,
+    )? {
+        httparse::Status::Complete(len) if len <= HEAD_MAX_BYTES => len,
+        httparse::Status::Partial if read.len() <= HEAD_MAX_BYTES => return Ok(None),
+        _ => return Err(SendError::Invalid("the head is too large")),
+    };
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(SendError::Invalid("status"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let spans = spans(read, parsed.headers);
+    let head = read.split_to(len).freeze();
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    let headers = response.headers_mut();
+    headers.reserve(spans.len());
+    headers_into(&head, &spans, headers)?;
+    Ok(Some(response.into_parts().0))
 }
 
-impl Conn {
-    fn is_closed(&self) -> bool {
-        self.driver.is_none() || self.sender.is_closed()
-    }
-
-    /// Ready for a request: the previous exchange done, the connection
-    /// open.
-    async fn ready(&mut self) -> bool {
-        let ready = std::future::poll_fn(|cx| {
-            let open = drive(&mut self.driver, cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(ready.is_ok() && open),
-                Poll::Pending if !open => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            }
+/// Where each header's name and value is in `block` (which they borrow),
+/// so that the values can share its bytes once it is taken out of the
+/// read buffer.
+fn spans(block: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
+    let base = block.as_ptr() as usize;
+    let offset = |part: &[u8]| part.as_ptr() as usize - base;
+    headers
+        .iter()
+        .map(|h| {
+            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+            (name, name + h.name.len(), value, value + h.value.len())
         })
-        .await;
-        // Sending wakes the driver; `exchange` drives it.
-        quiet(&mut self.driver);
-        ready
-    }
+        .collect()
+}
 
-    /// Sends `request` and drives the connection until the answer's head
-    /// has arrived.
-    async fn exchange(
-        &mut self,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>
+/// A header's name and value, as offsets: start and end of each.
+type Span = (usize, usize, usize, usize);
+
+/// The headers at `spans` of `block`, added to `headers`.
+fn headers_into(block: &Bytes, spans: &[Span], headers: &mut HeaderMap) -> Result<(), SendError> {
+    for &(name_start, name_end, value_start, value_end) in spans {
+        let name = HeaderName::from_bytes(&block[name_start..name_end])
+            .map_err(|_| SendError::Invalid("a header name"))?;
+        let value = HeaderValue::from_maybe_shared(block.slice(value_start..value_end))
+            .map_err(|_| SendError::Invalid("a header value"))?;
+        headers.append(name, value);
+    }
+    Ok(())
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3), and whether the
+/// connection can carry another exchange after it.
+fn framing(method: &Method, parts: &http::response::Parts) -> Result<(Framing, bool), SendError> {
+    let headers = &parts.headers;
+    let close = connection_has(headers, "close")
+        || (parts.version == Version::HTTP_10 && !connection_has(headers, "keep-alive"));
+    if method == Method::HEAD
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
     {
-        let mut answer = std::pin::pin!(self.sender.try_send_request(request));
-        let answer = std::future::poll_fn(|cx| {
-            // Driving first writes the request and reads what came back;
-            // a connection that ended drops the answer's sender with it,
-            // so that the answer is then ready (an error).
-            drive(&mut self.driver, cx);
-            answer.as_mut().poll(cx)
-        })
-        .await;
-        // The body's first read asks the driver for data; `PooledBody`
-        // drives it.
-        quiet(&mut self.driver);
-        answer
+        return Ok((Framing::Length(0), !close));
     }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked when that is the last coding; else the body runs to the
+        // connection's end. A length beside it is ignored, and the
+        // connection not used again.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|coding| !coding.is_empty());
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        let reusable = chunked && !close && !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(match chunked {
+            true => (Framing::Chunked(Chunk::Size), reusable),
+            false => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| SendError::Invalid("content-length"))?;
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(SendError::Invalid("content-length"));
+            }
+            let n: u64 = item
+                .parse()
+                .map_err(|_| SendError::Invalid("content-length"))?;
+            if length.is_some_and(|earlier| earlier != n) {
+                return Err(SendError::Invalid("content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), !close),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(option))
+}
+
+/// The head of `request` as written: request line, headers (the
+/// instance's `Host` unless the request names one), and the body's length
+/// (for an empty body too when the method is one that carries a body).
+fn encode(request: &Outgoing, host: &HeaderValue) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(request.target.as_str().as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !request.headers.contains_key(header::HOST) {
+        line(&mut head, header::HOST.as_str(), host.as_bytes());
+    }
+    for (name, value) in &request.headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            line(&mut head, name.as_str(), value.as_bytes());
+        }
+    }
+    let carries_body = matches!(request.method, Method::POST | Method::PUT | Method::PATCH);
+    if !request.body.is_empty() || carries_body {
+        let length = request.body.len().to_string();
+        line(
+            &mut head,
+            header::CONTENT_LENGTH.as_str(),
+            length.as_bytes(),
+        );
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn line(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -158,99 +324,74 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `request` (origin-form URI; the instance's `Host` unless it
-    /// names one) and returns the answer, its body giving the connection
-    /// back once read to the end.
+    /// Sends `request` and returns the answer, its body giving the
+    /// connection back once read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: http::Request<Body>,
+        request: &Outgoing,
         connect_timeout: Duration,
     ) -> Result<http::Response<PooledBody>, SendError> {
-        if !request.headers().contains_key(header::HOST) {
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host.clone());
-        }
-        // A reused connection may have been closed by the upstream while
+        let head = encode(request, &self.host);
+        // A reused connection may have been closed by the instance while
         // idle; a request it refused unsent goes once more, on a new one.
-        // Connecting is rare and its future large: boxed where it runs.
-        for fresh in [false, true] {
-            let mut conn = match fresh {
-                false => match self.take_idle().await {
-                    Some(conn) => conn,
-                    None => Box::pin(self.connect(connect_timeout)).await?,
-                },
-                true => Box::pin(self.connect(connect_timeout)).await?,
-            };
-            match conn.exchange(request).await {
-                Ok(response) => return Ok(self.pooled(response, conn)),
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(SendError::Http(failed.into_error())),
-                },
+        let reused = match self.take_idle() {
+            Some(mut conn) => match write(&mut conn.io, &head, &request.body).await {
+                Ok(()) => Some(conn),
+                Err((_, false)) => None,
+                Err((error, true)) => return Err(error.into()),
+            },
+            None => None,
+        };
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => {
+                // Connecting is rare and its future large: boxed where it
+                // runs.
+                let mut conn = Box::pin(self.connect(connect_timeout)).await?;
+                write(&mut conn.io, &head, &request.body)
+                    .await
+                    .map_err(|(error, _)| error)?;
+                conn
             }
-        }
-        unreachable!("the second attempt returns")
+        };
+        let parts = conn.read_head().await?;
+        let (framing, reusable) = framing(&request.method, &parts)?;
+        // A switched connection is the upgrade's from now on.
+        let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let body = PooledBody {
+            conn: Some(conn),
+            framing: if switched { Framing::Switched } else { framing },
+            pool: (reusable && !switched).then(|| self.clone()),
+        };
+        Ok(http::Response::from_parts(parts, body.settled()))
     }
 
-    /// The freshest idle connection ready for a request, if any.
-    async fn take_idle(&self) -> Option<Conn> {
+    /// The freshest idle connection still open, if any.
+    fn take_idle(&self) -> Option<Box<Conn>> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
-            if since.elapsed() > IDLE_TIMEOUT || conn.is_closed() {
-                continue;
-            }
-            if conn.ready().await {
+            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
                 return Some(conn);
             }
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Conn, SendError> {
-        let connecting = tokio::net::TcpStream::connect(self.authority.as_str());
-        let stream = tokio::time::timeout(timeout, connecting)
+    /// A new connection, boxed: it moves between requests and the idle
+    /// list, and with each answer's body.
+    async fn connect(&self, timeout: Duration) -> Result<Box<Conn>, SendError> {
+        let connecting = TcpStream::connect(self.authority.as_str());
+        let io = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| SendError::ConnectTimeout(timeout))?
             .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Conn {
-            sender,
-            driver: Some(Box::pin(connection.with_upgrades())),
-        })
+        let _ = io.set_nodelay(true);
+        Ok(Box::new(Conn {
+            io,
+            read: BytesMut::with_capacity(READ_CHUNK),
+        }))
     }
 
-    fn pooled(
-        self: &Arc<Self>,
-        response: http::Response<Incoming>,
-        mut conn: Conn,
-    ) -> http::Response<PooledBody> {
-        // A switched connection belongs to the upgrade from now on: its
-        // driver runs on its own until it hands the connection over.
-        let giveback = match response.status() {
-            StatusCode::SWITCHING_PROTOCOLS => {
-                let mut driver = conn.driver.take();
-                tokio::spawn(std::future::poll_fn(move |cx| {
-                    match drive(&mut driver, cx) {
-                        true => Poll::Pending,
-                        false => Poll::Ready(()),
-                    }
-                }));
-                None
-            }
-            _ => Some((conn, self.clone())),
-        };
-        let (parts, inner) = response.into_parts();
-        let mut body = PooledBody { inner, giveback };
-        body.give_back_if_done();
-        http::Response::from_parts(parts, body)
-    }
-
-    fn give_back(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
-        }
+    fn give_back(&self, conn: Box<Conn>) {
         let mut idle = self.lock();
         if idle.len() < IDLE_PER_INSTANCE {
             idle.push(Idle {
@@ -260,77 +401,281 @@ impl Pool {
         }
     }
 
-    /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`], or closed
+    /// by the instance.
     pub fn evict_idle(&self) {
         self.lock()
-            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && !idle.conn.is_closed());
+            .retain_mut(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && idle.conn.still_open());
     }
 }
 
-/// A response body that drives its connection while it is read, and
-/// gives the connection back when read to the end (dropped before, it
-/// closes the connection: what was left unread would be in the way of the
-/// next response).
+/// Writes a request's head and body, in one system call when the socket
+/// takes them whole. A failure says whether any of it was written.
+async fn write(io: &mut TcpStream, head: &[u8], body: &Bytes) -> Result<(), (io::Error, bool)> {
+    let mut both = head.chain(&body[..]);
+    let total = both.remaining();
+    io.write_all_buf(&mut both)
+        .await
+        .map_err(|error| (error, both.remaining() < total))
+}
+
+/// How the rest of an answer's body is delimited.
+#[derive(Debug)]
+enum Framing {
+    /// This many bytes more.
+    Length(u64),
+    /// Chunks, at this point of one.
+    Chunked(Chunk),
+    /// Up to the connection's end.
+    UntilClose,
+    /// A protocol switch: no body, the connection is the upgrade's.
+    Switched,
+    /// Read to its end, or failed.
+    Ended,
+}
+
+/// Where a chunked body's reading is.
+#[derive(Debug)]
+enum Chunk {
+    /// Before a size line.
+    Size,
+    /// Inside a chunk's data, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailers, then an empty line.
+    Trailers,
+    /// After the trailers.
+    Ended,
+}
+
+/// What a chunked body gives next.
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+impl Chunk {
+    /// The next step from `read`; none until more has arrived.
+    fn step(&mut self, read: &mut BytesMut) -> io::Result<Option<Step>> {
+        let invalid = |what: &'static str| io::Error::new(io::ErrorKind::InvalidData, what);
+        loop {
+            match self {
+                Chunk::Size => {
+                    let Some(end) = read.windows(2).position(|w| w == b"\r\n") else {
+                        if read.len() > CHUNK_LINE_MAX_BYTES {
+                            return Err(invalid("a chunk size line is too long"));
+                        }
+                        return Ok(None);
+                    };
+                    if end > CHUNK_LINE_MAX_BYTES {
+                        return Err(invalid("a chunk size line is too long"));
+                    }
+                    let digits = read[..end]
+                        .split(|&b| b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(digits)
+                        .ok()
+                        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .and_then(|d| u64::from_str_radix(d, 16).ok())
+                        .ok_or_else(|| invalid("a chunk size"))?;
+                    read.advance(end + 2);
+                    *self = match size {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    };
+                }
+                Chunk::Data(left) => {
+                    if read.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (*left).min(read.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        *self = Chunk::DataEnd;
+                    }
+                    return Ok(Some(Step::Data(read.split_to(n as usize).freeze())));
+                }
+                Chunk::DataEnd => {
+                    if read.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &read[..2] != b"\r\n" {
+                        return Err(invalid("a chunk does not end with CRLF"));
+                    }
+                    read.advance(2);
+                    *self = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    if read.starts_with(b"\r\n") {
+                        read.advance(2);
+                        return Ok(Some(Step::End));
+                    }
+                    let Some(trailers) = trailers(read)? else {
+                        return Ok(None);
+                    };
+                    *self = Chunk::Ended;
+                    return Ok(Some(Step::Trailers(trailers)));
+                }
+                Chunk::Ended => return Ok(Some(Step::End)),
+            }
+        }
+    }
+}
+
+/// A chunked body's trailers (taken out of `read`, with the empty line
+/// that ends them); none while incomplete.
+fn trailers(read: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
+    let invalid = |what: &'static str| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut slots = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let (len, spans) = match httparse::parse_headers(read, &mut slots) {
+        Ok(httparse::Status::Complete((len, parsed))) if len <= HEAD_MAX_BYTES => {
+            (len, spans(read, parsed))
+        }
+        Ok(httparse::Status::Partial) if read.len() <= HEAD_MAX_BYTES => return Ok(None),
+        Ok(_) => return Err(invalid("the trailers are too large")),
+        Err(_) => return Err(invalid("malformed trailers")),
+    };
+    let block = read.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    headers_into(&block, &spans, &mut headers).map_err(|_| invalid("malformed trailers"))?;
+    Ok(Some(headers))
+}
+
+/// An answer's body, read from its connection as it is asked for. Read to
+/// its end, it gives the connection back (if that may carry another
+/// exchange); dropped before, it closes the connection: what was left
+/// unread would be in the way of the next answer.
 pub struct PooledBody {
-    inner: Incoming,
-    giveback: Option<(Conn, Arc<Pool>)>,
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    /// Where the connection goes back to, if it may be used again.
+    pool: Option<Arc<Pool>>,
+}
+
+/// What an upgrade takes over: the connection, and what the instance sent
+/// after its 101 that was already read.
+pub struct Switched {
+    pub io: TcpStream,
+    pub early: Bytes,
 }
 
 impl PooledBody {
-    fn give_back_if_done(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((conn, pool)) = self.giveback.take()
+    /// A body with nothing (more) to read gives its connection back now.
+    fn settled(mut self) -> Self {
+        if matches!(self.framing, Framing::Length(0)) {
+            self.end();
+        }
+        self
+    }
+
+    /// The body was read to its end: the connection goes back unless
+    /// something is left over.
+    fn end(&mut self) {
+        self.framing = Framing::Ended;
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
+            && conn.read.is_empty()
         {
             pool.give_back(conn);
+        }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.framing = Framing::Ended;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// The connection of a 101 answer, for the upgrade; none otherwise.
+    pub fn switched(mut self) -> Option<Switched> {
+        match self.framing {
+            Framing::Switched => self.conn.take().map(|mut conn| Switched {
+                early: conn.read.split().freeze(),
+                io: conn.io,
+            }),
+            _ => None,
         }
     }
 }
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let this = self.get_mut();
-        let polled = match &mut this.giveback {
-            None => Pin::new(&mut this.inner).poll_frame(cx),
-            Some((conn, _)) => {
-                // Asking for data wakes the driver, and the data it hands
-                // over wakes the asker: both are here, so the first look
-                // registers no one; if nothing was buffered, the connection
-                // reads more and the body is looked at again.
-                let quiet = &mut Context::from_waker(std::task::Waker::noop());
-                match Pin::new(&mut this.inner).poll_frame(quiet) {
-                    Poll::Pending => {
-                        drive(&mut conn.driver, cx);
-                        Pin::new(&mut this.inner).poll_frame(cx)
+        loop {
+            let Some(conn) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            match &mut this.framing {
+                Framing::Ended | Framing::Switched | Framing::Length(0) => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !conn.read.is_empty() => {
+                    let n = (*left).min(conn.read.len() as u64);
+                    *left -= n;
+                    let data = conn.read.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        this.end();
                     }
-                    ready => ready,
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-            }
-        };
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some((conn, pool)) = this.giveback.take() {
-                    pool.give_back(conn);
+                Framing::UntilClose if !conn.read.is_empty() => {
+                    let data = conn.read.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                Framing::Chunked(chunk) => match chunk.step(&mut conn.read) {
+                    Ok(Some(Step::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Step::Trailers(trailers))) => {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Some(Step::End)) => {
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(error) => return this.fail(error),
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
             }
-            Poll::Ready(Some(Ok(_))) => this.give_back_if_done(),
-            Poll::Ready(Some(Err(_))) => this.giveback = None,
-            Poll::Pending => {}
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.framing, Framing::UntilClose) => {
+                    this.framing = Framing::Ended;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    let early =
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the body ended early");
+                    return this.fail(early);
+                }
+                Ok(_) => {}
+                Err(error) => return this.fail(error),
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(
+            self.framing,
+            Framing::Ended | Framing::Switched | Framing::Length(0)
+        )
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Ended | Framing::Switched => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -339,23 +684,24 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     use super::*;
 
-    /// How an instance answers.
+    /// How an instance answers each request.
     #[derive(Clone, Copy)]
     enum Answer {
-        /// `ok`, keeping the connection.
-        Ok,
-        /// `ok`, then closing the connection (as an instance whose
+        /// These bytes, keeping the connection.
+        Keep(&'static [u8]),
+        /// These bytes, then closing the connection (as an instance whose
         /// keep-alive timeout passed does).
-        OkThenClose,
+        Close(&'static [u8]),
         /// A body of `CHUNKS` × `CHUNK` bytes, written a chunk at a time.
         Large,
     }
 
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: usize = 16;
 
@@ -381,7 +727,7 @@ mod tests {
                         while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                             head.drain(..end + 4);
                             if write(&mut stream, answer).await.is_err()
-                                || matches!(answer, Answer::OkThenClose)
+                                || matches!(answer, Answer::Close(_))
                             {
                                 return;
                             }
@@ -393,45 +739,61 @@ mod tests {
         (Pool::new(authority), accepted)
     }
 
-    async fn write(stream: &mut tokio::net::TcpStream, answer: Answer) -> std::io::Result<()> {
-        if !matches!(answer, Answer::Large) {
-            return stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-        }
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-            CHUNK * CHUNKS
-        );
-        stream.write_all(head.as_bytes()).await?;
-        for _ in 0..CHUNKS {
-            stream.write_all(&[b'x'; CHUNK]).await?;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(())
+    async fn write(stream: &mut TcpStream, answer: Answer) -> io::Result<()> {
+        let (Answer::Keep(bytes) | Answer::Close(bytes)) = answer else {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                CHUNK * CHUNKS
+            );
+            stream.write_all(head.as_bytes()).await?;
+            for _ in 0..CHUNKS {
+                stream.write_all(&[b'x'; CHUNK]).await?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            return Ok(());
+        };
+        stream.write_all(bytes).await
     }
 
-    async fn get(pool: &Arc<Pool>) -> String {
-        let request = http::Request::get("/").body(Body::empty()).unwrap();
-        let response = pool.send(request, Duration::from_secs(1)).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+    fn outgoing(method: Method) -> Outgoing {
+        Outgoing {
+            method,
+            target: PathAndQuery::from_static("/"),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    async fn send(
+        pool: &Arc<Pool>,
+        method: Method,
+    ) -> Result<http::Response<PooledBody>, SendError> {
+        pool.send(&outgoing(method), Duration::from_secs(1)).await
+    }
+
+    /// The body of a GET's answer, and its trailers if any.
+    async fn get(pool: &Arc<Pool>) -> (String, Option<HeaderMap>) {
+        let response = send(pool, Method::GET).await.unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        let body = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
+        (body, trailers)
     }
 
     #[tokio::test]
     async fn one_connection_serves_request_after_request() {
-        let (pool, accepted) = instance(Answer::Ok).await;
+        let (pool, accepted) = instance(Answer::Keep(OK)).await;
         for _ in 0..3 {
-            assert_eq!(get(&pool).await, "ok");
+            assert_eq!(get(&pool).await.0, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_instance_closed_while_idle_is_not_used_again() {
-        let (pool, accepted) = instance(Answer::OkThenClose).await;
+        let (pool, accepted) = instance(Answer::Close(OK)).await;
         for _ in 0..3 {
-            assert_eq!(get(&pool).await, "ok");
+            assert_eq!(get(&pool).await.0, "ok");
             // The instance's close arrives while the connection is idle.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -442,10 +804,145 @@ mod tests {
     async fn a_body_arriving_over_time_is_read_whole_and_the_connection_kept() {
         let (pool, accepted) = instance(Answer::Large).await;
         for _ in 0..2 {
-            let body = get(&pool).await;
+            let (body, _) = get(&pool).await;
             assert_eq!(body.len(), CHUNK * CHUNKS);
             assert!(body.bytes().all(|b| b == b'x'));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_with_its_trailers_and_the_connection_kept() {
+        let (pool, accepted) = instance(Answer::Keep(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              2;note=first\r\nok\r\nA\r\n, and more\r\n0\r\nx-sum: 12\r\n\r\n",
+        ))
+        .await;
+        for _ in 0..2 {
+            let (body, trailers) = get(&pool).await;
+            assert_eq!(body, "ok, and more");
+            assert_eq!(trailers.unwrap()["x-sum"], "12");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped() {
+        let (pool, _) = instance(Answer::Keep(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ))
+        .await;
+        assert_eq!(get(&pool).await.0, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close_and_its_connection_is_not_kept() {
+        let (pool, accepted) = instance(Answer::Close(b"HTTP/1.1 200 OK\r\n\r\nto the end")).await;
+        for _ in 0..2 {
+            assert_eq!(get(&pool).await.0, "to the end");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_without_a_body_keep_the_connection() {
+        let (pool, accepted) = instance(Answer::Keep(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        ))
+        .await;
+        for _ in 0..2 {
+            let response = send(&pool, Method::HEAD).await.unwrap();
+            assert_eq!(response.headers()["content-length"], "5");
+            assert!(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .is_empty()
+            );
+        }
+        let (pool, accepted_204) = instance(Answer::Keep(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+        for _ in 0..2 {
+            let (body, _) = get(&pool).await;
+            assert!(body.is_empty());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(accepted_204.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_heads_are_errors() {
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nx-long: {}\r\n\r\n",
+            "a".repeat(HEAD_MAX_BYTES)
+        );
+        let heads: [&'static [u8]; 5] = [
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-len",
+            long.leak().as_bytes(),
+        ];
+        for head in heads {
+            let (pool, _) = instance(Answer::Close(head)).await;
+            assert!(
+                send(&pool, Method::GET).await.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&head[..30])
+            );
+        }
+        let (pool, _) = instance(Answer::Close(b"")).await;
+        assert!(matches!(
+            send(&pool, Method::GET).await,
+            Err(SendError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_or_short_bodies_end_in_an_error() {
+        let answers: [&'static [u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokay\r\n0\r\n\r\n",
+        ];
+        for answer in answers {
+            let (pool, _) = instance(Answer::Close(answer)).await;
+            let response = send(&pool, Method::GET).await.unwrap();
+            assert!(response.into_body().collect().await.is_err());
+        }
+    }
+
+    #[test]
+    fn a_request_head_names_its_host_and_frames_its_body_itself() {
+        let host = HeaderValue::from_static("instance:8080");
+        let mut request = outgoing(Method::POST);
+        request.target = PathAndQuery::from_static("/orders?page=2");
+        request.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        request
+            .headers
+            .append("x-tag", HeaderValue::from_static("a"));
+        request
+            .headers
+            .append("x-tag", HeaderValue::from_static("b"));
+        let head = encode(&request, &host);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /orders?page=2 HTTP/1.1\r\nhost: instance:8080\r\nx-tag: a\r\nx-tag: b\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        let mut request = outgoing(Method::GET);
+        request
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("shop.example"));
+        assert_eq!(
+            String::from_utf8(encode(&request, &host)).unwrap(),
+            "GET / HTTP/1.1\r\nhost: shop.example\r\n\r\n"
+        );
     }
 }

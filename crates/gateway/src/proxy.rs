@@ -13,13 +13,14 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use kit::auth::Principal;
+use tokio::io::AsyncWriteExt;
 
 use kit::problem::{Code, Problem};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
-use crate::pool::{PooledBody, SendError};
+use crate::pool::{Outgoing, PooledBody, SendError};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
 use crate::server::Client;
@@ -39,7 +40,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
 /// forwarded; also those the `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -277,7 +278,7 @@ async fn dispatch(
 
 /// `prepared` with its target's `prefix` replaced by `to` (a route's
 /// `rewrite`); the query stays.
-fn rewritten(mut prepared: Prepared, prefix: &str, to: &str) -> Result<Prepared, Problem> {
+fn rewritten(mut prepared: Outgoing, prefix: &str, to: &str) -> Result<Outgoing, Problem> {
     let target = prepared.target.as_str();
     let rest = target.strip_prefix(prefix).unwrap_or(target);
     prepared.target = format!("{to}{rest}")
@@ -307,7 +308,7 @@ pub(crate) struct Attempts<'a> {
 /// instance gave it; its failures are problems (502, 503, 504).
 pub(crate) async fn exchange(
     service: &Service,
-    prepared: &Prepared,
+    prepared: &Outgoing,
     safe: bool,
     attempts: &Attempts<'_>,
 ) -> Result<http::Response<PooledBody>, Problem> {
@@ -325,7 +326,7 @@ pub(crate) async fn exchange(
         let sent = in_flight
             .instance()
             .pool
-            .send(prepared.request(), attempts.connect_timeout);
+            .send(prepared, attempts.connect_timeout);
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout_at(attempts.deadline, sent).await;
         service.latency.observe(started.elapsed().as_secs_f64());
@@ -447,23 +448,21 @@ async fn upgrade(
     let protocol = request.headers().get(header::UPGRADE).cloned();
     let client_side = hyper::upgrade::on(&mut request);
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let prepared = read_and_prepare(request, client, caller, route.body_max_bytes).await?;
+    let mut prepared = read_and_prepare(request, client, caller, route.body_max_bytes).await?;
     let in_flight = service
         .pick(&prepared.headers)
         .ok_or_else(|| no_instance(service))?;
     let admitted = admit(service)?;
     let instance = in_flight.instance().clone();
-    let mut outgoing = prepared.request();
-    outgoing
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let headers = &mut prepared.headers;
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(protocol) = protocol {
-        outgoing.headers_mut().insert(header::UPGRADE, protocol);
+        headers.insert(header::UPGRADE, protocol);
     }
-    let sent = instance.pool.send(outgoing, route.connect_timeout);
+    let sent = instance.pool.send(&prepared, route.connect_timeout);
     let outcome = tokio::time::timeout_at(deadline, sent).await;
     settle(service, &instance, admitted, &outcome);
-    let mut response = match outcome {
+    let response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(_)) => return Err(unreachable(service)),
         Err(_) => return Err(too_slow(service, route.timeout)),
@@ -471,22 +470,23 @@ async fn upgrade(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(finish(response));
     }
-    let upstream_side = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    let Some(upstream) = body.switched() else {
+        return Err(unreachable(service));
+    };
     // The switch's own headers (Connection, Upgrade) go back as they came.
     parts.headers.remove(header::TRANSFER_ENCODING);
     let route_name = route.name.clone();
     tokio::spawn(async move {
         let (_permit, _in_flight) = (permit, in_flight);
-        let (client, upstream) = match tokio::join!(client_side, upstream_side) {
-            (Ok(client), Ok(upstream)) => (client, upstream),
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(route = %route_name, %error, "upgrade did not complete");
-                return;
-            }
+        let mut upstream_io = upstream.io;
+        let joined = async {
+            let mut client = TokioIo::new(client_side.await.map_err(std::io::Error::other)?);
+            // What the instance sent right after its 101 goes first.
+            client.write_all(&upstream.early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream_io).await
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        if let Err(error) = joined.await {
             tracing::debug!(route = %route_name, %error, "upgraded connection ended");
         }
     });
@@ -573,27 +573,6 @@ async fn authenticate(
     Ok(caller)
 }
 
-/// The request as every attempt sends it: the body held (so that a retry
-/// can send it again), the headers cleaned and completed.
-pub(crate) struct Prepared {
-    pub method: http::Method,
-    pub target: http::uri::PathAndQuery,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Prepared {
-    /// The request as one attempt sends it: origin-form target, the
-    /// client's `Host` if it named one.
-    fn request(&self) -> Request {
-        let mut request = Request::new(Body::from(self.body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = http::Uri::from(self.target.clone());
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
-
 /// Phase 4a: the request's body, held whole (a retry sends it again) and
 /// at most `body_max_bytes` long.
 pub(crate) async fn read_body(
@@ -636,7 +615,7 @@ pub(crate) async fn read_and_prepare(
     client: &Client,
     caller: Option<Principal>,
     body_max_bytes: usize,
-) -> Result<Prepared, Problem> {
+) -> Result<Outgoing, Problem> {
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, body_max_bytes).await?;
     Ok(prepare(parts, body, client, caller))
@@ -648,7 +627,7 @@ pub(crate) fn prepare(
     body: Bytes,
     client: &Client,
     caller: Option<Principal>,
-) -> Prepared {
+) -> Outgoing {
     let target = parts
         .uri
         .path_and_query()
@@ -684,7 +663,7 @@ pub(crate) fn prepare(
     if let Some(trace) = kit::telemetry::current_trace() {
         headers.insert(kit::telemetry::TRACEPARENT, trace.traceparent_header());
     }
-    Prepared {
+    Outgoing {
         method: parts.method,
         target,
         headers,
@@ -694,30 +673,26 @@ pub(crate) fn prepare(
 
 /// Removes hop-by-hop headers and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names present; most messages carry none, and
-    // those that do (`Connection: keep-alive`) one or two.
-    let mut found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
+    // `Connection` names options (`close`, `keep-alive`) and hop-by-hop
+    // headers, as often as other headers: those others go first, while the
+    // header naming them is still there. Rare, so their names are collected.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    if found.is_empty() {
-        return;
+    for name in named {
+        headers.remove(name);
     }
-    // `Connection` names options (`close`) and hop-by-hop headers already
-    // found, as often as other headers.
-    let other = |token: &&str| {
-        !token.eq_ignore_ascii_case("close")
-            && !HOP_BY_HOP
-                .iter()
-                .any(|name| token.eq_ignore_ascii_case(name.as_str()))
-    };
-    found.extend(
-        connection_tokens(headers)
-            .filter(other)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
-    );
-    for name in found {
+    // Most messages carry none of these, some one or two (`Connection:
+    // keep-alive`): a look at the few names present finds them without
+    // allocating.
+    while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)) {
+        let name = name.clone();
         headers.remove(name);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use kit::auth::{JwksClient, TokenVerifier};
 use kit::clock::SharedClock;
 use kit::config::Config;
@@ -23,6 +23,7 @@ use crate::cors::Cors;
 use crate::discovery::{self, Registry};
 use crate::events::Feed;
 use crate::metrics::GatewayMetrics;
+use crate::pool::Outgoing;
 use crate::ratelimit::SharedLimits;
 use crate::routes::RouteTable;
 use crate::settings::GatewaySettings;
@@ -383,13 +384,17 @@ async fn health_checks(service: Weak<Service>) {
 }
 
 async fn check(instance: &Instance, health: &HealthCheck) -> bool {
-    let Ok(uri) = health.path.parse::<http::Uri>() else {
+    let Ok(target) = health.path.parse::<http::uri::PathAndQuery>() else {
         return false;
     };
-    let mut request = http::Request::new(Body::empty());
-    *request.uri_mut() = uri;
+    let request = Outgoing {
+        method: http::Method::GET,
+        target,
+        headers: http::HeaderMap::new(),
+        body: Default::default(),
+    };
     let answer =
-        tokio::time::timeout(health.timeout, instance.pool.send(request, health.timeout)).await;
+        tokio::time::timeout(health.timeout, instance.pool.send(&request, health.timeout)).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
 }
 
