@@ -673,6 +673,10 @@ pub(crate) fn prepare(
 
 /// Removes hop-by-hop headers and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the few names present.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // `Connection` names options (`close`, `keep-alive`) and hop-by-hop
     // headers, as often as other headers: those others go first, while the
     // header naming them is still there. Rare, so their names are collected.
@@ -688,9 +692,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    // Most messages carry none of these, some one or two (`Connection:
-    // keep-alive`): a look at the few names present finds them without
-    // allocating.
+    // Those that carry some carry one or two (`Connection: keep-alive`):
+    // found without allocating.
     while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)) {
         let name = name.clone();
         headers.remove(name);
