@@ -1,5 +1,6 @@
 //! `tessera`: one binary, every role.
 
+mod alloc;
 mod events;
 mod roles;
 mod up;
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 use kit::config::Config;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(
