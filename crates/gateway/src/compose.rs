@@ -449,12 +449,7 @@ pub(crate) async fn answer(
                 let target = render(branch, &inputs, &outcomes);
                 match target {
                     Ok(target) => {
-                        let prepared = Outgoing {
-                            method: http::Method::GET,
-                            target,
-                            headers: headers.clone(),
-                            body: Default::default(),
-                        };
+                        let prepared = Outgoing::get(target, headers.clone());
                         running.push(async move {
                             (i, call(snapshot, route, branch, prepared, deadline).await)
                         });

@@ -54,6 +54,19 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
+impl Outgoing {
+    /// A GET of `target` with `headers` (a composite's branch, a health
+    /// check).
+    pub fn get(target: PathAndQuery, headers: HeaderMap) -> Self {
+        Self {
+            method: Method::GET,
+            target,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+}
+
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -188,9 +201,16 @@ fn headers_into(block: &Bytes, spans: &[Span], headers: &mut HeaderMap) -> Resul
 /// How an answer's body is delimited (RFC 9112 §6.3), and whether the
 /// connection can carry another exchange after it.
 fn framing(method: &Method, parts: &http::response::Parts) -> Result<(Framing, bool), SendError> {
+    // A switched connection is the upgrade's from now on.
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Switched, false));
+    }
     let headers = &parts.headers;
-    let close = connection_has(headers, "close")
-        || (parts.version == Version::HTTP_10 && !connection_has(headers, "keep-alive"));
+    let connection_has = |option: &str| {
+        header_list(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(option))
+    };
+    let close = connection_has("close")
+        || (parts.version == Version::HTTP_10 && !connection_has("keep-alive"));
     if method == Method::HEAD
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
@@ -202,13 +222,7 @@ fn framing(method: &Method, parts: &http::response::Parts) -> Result<(Framing, b
         // Chunked when that is the last coding; else the body runs to the
         // connection's end. A length beside it is ignored, and the
         // connection not used again.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|coding| !coding.is_empty());
+        let last = header_list(headers, header::TRANSFER_ENCODING).next_back();
         let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         let reusable = chunked && !close && !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(match chunked {
@@ -241,13 +255,19 @@ fn framing(method: &Method, parts: &http::response::Parts) -> Result<(Framing, b
     })
 }
 
-fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+/// The items of a comma-separated list header (`Connection`,
+/// `Transfer-Encoding`), over all its lines, trimmed, empty ones skipped.
+pub(crate) fn header_list(
+    headers: &HeaderMap,
+    name: HeaderName,
+) -> impl DoubleEndedIterator<Item = &str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case(option))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 /// The head of `request` as written: request line, headers (the
@@ -356,12 +376,10 @@ impl Pool {
         };
         let parts = conn.read_head().await?;
         let (framing, reusable) = framing(&request.method, &parts)?;
-        // A switched connection is the upgrade's from now on.
-        let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let body = PooledBody {
             conn: Some(conn),
-            framing: if switched { Framing::Switched } else { framing },
-            pool: (reusable && !switched).then(|| self.clone()),
+            framing,
+            pool: reusable.then(|| self.clone()),
         };
         Ok(http::Response::from_parts(parts, body.settled()))
     }
@@ -758,9 +776,7 @@ mod tests {
     fn outgoing(method: Method) -> Outgoing {
         Outgoing {
             method,
-            target: PathAndQuery::from_static("/"),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
+            ..Outgoing::get(PathAndQuery::from_static("/"), HeaderMap::new())
         }
     }
 

@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
-use crate::pool::{Outgoing, PooledBody, SendError};
+use crate::pool::{Outgoing, PooledBody, SendError, header_list};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
 use crate::server::Client;
@@ -419,17 +419,8 @@ pub(crate) fn too_slow(service: &Service, timeout: Duration) -> Problem {
 fn wants_upgrade(request: &Request) -> bool {
     request.version() == http::Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
-        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-/// The options the `Connection` header lists.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        && header_list(request.headers(), header::CONNECTION)
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Passes a protocol switch on: the handshake goes to one instance (never
@@ -680,7 +671,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection` names options (`close`, `keep-alive`) and hop-by-hop
     // headers, as often as other headers: those others go first, while the
     // header naming them is still there. Rare, so their names are collected.
-    let named: Vec<HeaderName> = connection_tokens(headers)
+    let named: Vec<HeaderName> = header_list(headers, header::CONNECTION)
         .filter(|token| {
             !token.eq_ignore_ascii_case("close")
                 && !HOP_BY_HOP

@@ -387,12 +387,7 @@ async fn check(instance: &Instance, health: &HealthCheck) -> bool {
     let Ok(target) = health.path.parse::<http::uri::PathAndQuery>() else {
         return false;
     };
-    let request = Outgoing {
-        method: http::Method::GET,
-        target,
-        headers: http::HeaderMap::new(),
-        body: Default::default(),
-    };
+    let request = Outgoing::get(target, http::HeaderMap::new());
     let answer =
         tokio::time::timeout(health.timeout, instance.pool.send(&request, health.timeout)).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
