@@ -39,17 +39,24 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
-/// forwarded; also those the `Connection` header names.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
+/// forwarded; also those the `Connection` header names. Lowercase, as
+/// header names are kept.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
 ];
+
+/// `name` (any case) is one of [`HOP_BY_HOP`]: compared by length first,
+/// so that most names are told apart without looking at their bytes.
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
 
 /// The one handler of the public port. Its responses carry the route's
 /// name, for the kit's metrics and access log.
@@ -321,7 +328,6 @@ pub(crate) async fn exchange(
             .pick_except(&tried, &prepared.headers)
             .or_else(|| service.pick(&prepared.headers))
             .ok_or_else(|| no_instance(service))?;
-        tried.push(in_flight.instance().clone());
         let admitted = admit(service)?;
         let sent = in_flight
             .instance()
@@ -341,7 +347,6 @@ pub(crate) async fn exchange(
                 Failure::Answered(response)
             }
         };
-        drop(in_flight);
         let retry = safe && retries < attempts.retries && service.budget.try_withdraw();
         let wait = retry::backoff(retries + 1, attempts.backoff);
         if !retry || tokio::time::Instant::now() + wait >= attempts.deadline {
@@ -350,6 +355,10 @@ pub(crate) async fn exchange(
                 Failure::Unreachable => Err(unreachable(service)),
             };
         }
+        // Remembered only when there is a retry: most exchanges have none,
+        // and allocate nothing for it.
+        tried.push(in_flight.instance().clone());
+        drop(in_flight);
         retries += 1;
         attempts.retried.inc();
         tracing::debug!(service = %service.name, retries, "retrying on another instance");
@@ -665,28 +674,29 @@ pub(crate) fn prepare(
 /// Removes hop-by-hop headers and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at the few names present.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
         return;
     }
-    // `Connection` names options (`close`, `keep-alive`) and hop-by-hop
-    // headers, as often as other headers: those others go first, while the
-    // header naming them is still there. Rare, so their names are collected.
-    let named: Vec<HeaderName> = header_list(headers, header::CONNECTION)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // `Connection` names options (`close`, `keep-alive`) and, rarely, other
+    // headers as hop-by-hop: those go first, while the header naming them
+    // is still there; collected only when there are any.
+    let named = |token: &&str| !token.eq_ignore_ascii_case("close") && !is_hop_by_hop(token);
+    if header_list(headers, header::CONNECTION).any(|token| named(&token)) {
+        let names: Vec<HeaderName> = header_list(headers, header::CONNECTION)
+            .filter(named)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
     // Those that carry some carry one or two (`Connection: keep-alive`):
     // found without allocating.
-    while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)) {
-        let name = name.clone();
+    while let Some(name) = headers
+        .keys()
+        .find(|name| is_hop_by_hop(name.as_str()))
+        .cloned()
+    {
         headers.remove(name);
     }
 }
@@ -709,5 +719,31 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn connection_options_and_names_are_read_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Close, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["content-type"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.insert("x-connection-id", HeaderValue::from_static("7"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }
