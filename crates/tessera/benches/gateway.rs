@@ -1,8 +1,10 @@
 //! Plain proxying of a small GET: straight to the upstream, through the
 //! gateway (`tessera serve gateway`), through nginx (and HAProxy) when
 //! installed, configured alike: one worker, keep-alive to the upstream, no
-//! access log. One load generator, rounds interleaved, medians printed with
-//! ratios against nginx, and each proxy's CPU time (user + system, workers
+//! access log, and the client's address and scheme passed on
+//! (`X-Forwarded-For`, `X-Forwarded-Proto`) as the gateway always does.
+//! One load generator, rounds interleaved, medians printed with ratios
+//! against nginx, and each proxy's CPU time (user + system, workers
 //! included) per request: the cost behind the throughput once the load
 //! generator and the proxy share the machine's cores.
 //!
@@ -129,7 +131,7 @@ fn start_nginx(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
                fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
                upstream bench {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n\
-                 location /bench {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+                 location /bench {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }}\n  }}\n}}\n"
         ),
     )
     .unwrap();
@@ -144,9 +146,9 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
     std::fs::write(
         &config,
         format!(
-            "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\n\
+            "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n\n\
              frontend bench\n  bind 127.0.0.1:{port}\n  default_backend upstream\n\n\
-             backend upstream\n  http-reuse always\n  server up 127.0.0.1:{upstream}\n"
+             backend upstream\n  http-reuse always\n  http-request set-header X-Forwarded-Proto http\n  server up 127.0.0.1:{upstream}\n"
         ),
     )
     .unwrap();
