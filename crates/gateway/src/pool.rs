@@ -25,7 +25,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per instance; more are closed.
@@ -355,31 +354,34 @@ impl Pool {
         // A reused connection may have been closed by the instance while
         // idle; a request it refused unsent goes once more, on a new one.
         let reused = match self.take_idle() {
-            Some(mut conn) => match write(&mut conn.io, &head, &request.body).await {
-                Ok(()) => Some(conn),
+            Some(mut conn) => match write(&mut conn, &head, &request.body).await {
                 Err((_, false)) => None,
-                Err((error, true)) => return Err(error.into()),
+                written => Some((conn, written)),
             },
             None => None,
         };
-        let mut conn = match reused {
-            Some(conn) => conn,
+        let (mut conn, written) = match reused {
+            Some(reused) => reused,
             None => {
                 // Connecting is rare and its future large: boxed where it
                 // runs.
                 let mut conn = Box::pin(self.connect(connect_timeout)).await?;
-                write(&mut conn.io, &head, &request.body)
-                    .await
-                    .map_err(|(error, _)| error)?;
-                conn
+                let written = write(&mut conn, &head, &request.body).await;
+                (conn, written)
             }
         };
-        let parts = conn.read_head().await?;
+        let (parts, whole) = match written {
+            Ok(whole) => (conn.read_head().await?, whole),
+            // An instance that will not read a body (413) may answer and
+            // close while it is being written: that answer stands.
+            Err((error, _)) => (conn.read_head().await.map_err(|_| error)?, false),
+        };
         let (framing, reusable) = framing(&request.method, &parts)?;
         let body = PooledBody {
             conn: Some(conn),
             framing,
-            pool: reusable.then(|| self.clone()),
+            // Part of the request unsent, the connection is not in step.
+            pool: (reusable && whole).then(|| self.clone()),
         };
         Ok(http::Response::from_parts(parts, body.settled()))
     }
@@ -428,13 +430,61 @@ impl Pool {
 }
 
 /// Writes a request's head and body, in one system call when the socket
-/// takes them whole. A failure says whether any of it was written.
-async fn write(io: &mut TcpStream, head: &[u8], body: &Bytes) -> Result<(), (io::Error, bool)> {
+/// takes them whole: `Ok(true)`. An instance may answer before it has
+/// taken all of it (a 413 for a body it will not read) and stop reading:
+/// once its answer's head is there, writing stops, `Ok(false)`. A failure
+/// says whether any of the request was written.
+async fn write(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<bool, (io::Error, bool)> {
     let mut both = head.chain(&body[..]);
     let total = both.remaining();
-    io.write_all_buf(&mut both)
-        .await
-        .map_err(|error| (error, both.remaining() < total))
+    let written = std::future::poll_fn(|cx| {
+        loop {
+            if !both.has_remaining() {
+                return Poll::Ready(Ok(true));
+            }
+            match tokio_util::io::poll_write_buf(Pin::new(&mut conn.io), cx, &mut both) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The instance takes no more for now: has it answered?
+                Poll::Pending => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(_)) if final_head_in(&conn.read) => {
+                        return Poll::Ready(Ok(false));
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    // Part of an answer, or an interim one: writing goes on.
+                    Poll::Ready(Ok(_)) => continue,
+                },
+            }
+        }
+    })
+    .await;
+    written.map_err(|error| (error, both.remaining() < total))
+}
+
+/// `read` holds the head of a final answer (interim ones, 1xx but 101,
+/// skipped), or what cannot be one: either way, there is nothing more to
+/// wait for before reading it.
+fn final_head_in(mut read: &[u8]) -> bool {
+    if read.len() > HEAD_MAX_BYTES {
+        return true;
+    }
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(read) {
+            Ok(httparse::Status::Partial) => return false,
+            Ok(httparse::Status::Complete(len)) => match response.code {
+                Some(code @ 100..200) if code != 101 => read = &read[len..],
+                _ => return true,
+            },
+            Err(_) => return true,
+        }
+    }
 }
 
 /// How the rest of an answer's body is delimited.
@@ -702,7 +752,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::BodyExt;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -715,6 +765,9 @@ mod tests {
         /// These bytes, then closing the connection (as an instance whose
         /// keep-alive timeout passed does).
         Close(&'static [u8]),
+        /// These bytes, then nothing more read nor written while the
+        /// connection stays open (as an instance refusing a body does).
+        Hold(&'static [u8]),
         /// A body of `CHUNKS` × `CHUNK` bytes, written a chunk at a time.
         Large,
     }
@@ -722,6 +775,8 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: usize = 16;
+    /// How long an instance told to `Hold` keeps the connection.
+    const HOLD: Duration = Duration::from_secs(30);
 
     /// An instance answering each request as told, counting the
     /// connections it took.
@@ -749,6 +804,10 @@ mod tests {
                             {
                                 return;
                             }
+                            if let Answer::Hold(_) = answer {
+                                tokio::time::sleep(HOLD).await;
+                                return;
+                            }
                         }
                     }
                 });
@@ -758,7 +817,7 @@ mod tests {
     }
 
     async fn write(stream: &mut TcpStream, answer: Answer) -> io::Result<()> {
-        let (Answer::Keep(bytes) | Answer::Close(bytes)) = answer else {
+        let (Answer::Keep(bytes) | Answer::Close(bytes) | Answer::Hold(bytes)) = answer else {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
                 CHUNK * CHUNKS
@@ -794,6 +853,35 @@ mod tests {
         let trailers = collected.trailers().cloned();
         let body = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
         (body, trailers)
+    }
+
+    /// An answer refusing a body, sent once the request's head is read.
+    const TOO_LARGE: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+    /// More than the sockets between the gateway and an instance hold.
+    const BODY_BYTES: usize = 32 * 1024 * 1024;
+
+    #[tokio::test]
+    async fn an_answer_given_before_the_body_is_taken_is_the_answer() {
+        // The instance closes (its unread bytes make that a reset), or
+        // keeps the connection but reads no more.
+        for answer in [Answer::Close(TOO_LARGE), Answer::Hold(TOO_LARGE)] {
+            let (pool, accepted) = instance(answer).await;
+            let request = Outgoing {
+                body: Bytes::from(vec![b'x'; BODY_BYTES]),
+                ..outgoing(Method::POST)
+            };
+            let sent = pool.send(&request, Duration::from_secs(1));
+            let response = tokio::time::timeout(Duration::from_secs(10), sent)
+                .await
+                .expect("the answer is read while the body is still being written")
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"big!");
+            // Part of the request unsent, that connection is not used again.
+            send(&pool, Method::GET).await.unwrap();
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        }
     }
 
     #[tokio::test]
