@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
 use ed25519_dalek::SigningKey;
-use kit::auth::{Jwk, JwkSet};
 use kit::config::Config;
 use kit::testing::TestServer;
 use serde_json::{Value, json};
@@ -27,12 +26,6 @@ fn token(subject: &str) -> String {
 /// The JWKS, and `/me` answering who asked and how many requests it has
 /// had; PATCH counts too.
 fn upstream(hits: Arc<AtomicUsize>) -> Router {
-    let jwks = JwkSet {
-        keys: vec![Jwk::ed25519(
-            "k1",
-            &SigningKey::from_bytes(&KEY).verifying_key(),
-        )],
-    };
     let me = move |request: Request| {
         let hits = hits.clone();
         async move {
@@ -47,11 +40,7 @@ fn upstream(hits: Arc<AtomicUsize>) -> Router {
             axum::Json(json!({"user": user, "n": n, "saw_if_none_match": conditional}))
         }
     };
-    Router::new()
-        .route(
-            "/.well-known/jwks.json",
-            get(move || async move { axum::Json(jwks.clone()) }),
-        )
+    kit::testing::jwks_router(&SigningKey::from_bytes(&KEY), "k1")
         .route("/me", get(me.clone()).patch(me.clone()))
         .route(
             "/nostore",
@@ -96,7 +85,7 @@ service = "up"
 auth = "none"
 cache = {{ ttl_ms = 60000 }}
 "#,
-        jwks = upstream.url("/.well-known/jwks.json"),
+        jwks = upstream.url(kit::testing::JWKS_PATH),
         url = upstream.url(""),
     );
     let config = Config::from_toml(&toml).unwrap();

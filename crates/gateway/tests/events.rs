@@ -6,10 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use ed25519_dalek::SigningKey;
-use kit::auth::{Jwk, JwkSet};
 use kit::config::Config;
 use kit::testing::TestServer;
 use serde_json::{Value, json};
@@ -27,15 +24,9 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let jwks = JwkSet {
-        keys: vec![Jwk::ed25519(
-            "k1",
-            &SigningKey::from_bytes(&KEY).verifying_key(),
-        )],
-    };
-    let keys = TestServer::start(Router::new().route(
-        "/.well-known/jwks.json",
-        get(move || async move { axum::Json(jwks.clone()) }),
+    let keys = TestServer::start(kit::testing::jwks_router(
+        &SigningKey::from_bytes(&KEY),
+        "k1",
     ))
     .await;
     let toml = format!(
@@ -50,7 +41,7 @@ path = "/me/events"
 auth = "required"
 events = ["users.*"]
 "#,
-        jwks = keys.url("/.well-known/jwks.json"),
+        jwks = keys.url(kit::testing::JWKS_PATH),
     );
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");

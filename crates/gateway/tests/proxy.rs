@@ -7,7 +7,6 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
 use ed25519_dalek::SigningKey;
-use kit::auth::{Jwk, JwkSet};
 use kit::config::Config;
 use kit::testing::{TestServer, assert_problem};
 use serde_json::{Value, json};
@@ -29,17 +28,7 @@ fn echo(name: &'static str) -> Router {
             "headers": headers,
         }))
     };
-    let jwks = JwkSet {
-        keys: vec![Jwk::ed25519(
-            "k1",
-            &SigningKey::from_bytes(&KEY).verifying_key(),
-        )],
-    };
-    Router::new()
-        .route(
-            "/.well-known/jwks.json",
-            get(move || async move { axum::Json(jwks.clone()) }),
-        )
+    kit::testing::jwks_router(&SigningKey::from_bytes(&KEY), "k1")
         .route(
             "/api/v1/users/slow",
             get(|| async {
@@ -146,7 +135,7 @@ prefix = "/api/v1/orders/"
 service = "orders"
 auth = "optional"
 "#,
-        jwks = identity.url("/.well-known/jwks.json"),
+        jwks = identity.url(kit::testing::JWKS_PATH),
         identity = identity.url(""),
         a = users[0].url(""),
         b = users[1].url(""),

@@ -110,6 +110,22 @@ pub async fn assert_problem(
     body
 }
 
+/// Where identity publishes its verification keys.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Serves, at [`JWKS_PATH`], the public half of `key` under `kid`, as
+/// identity does: a stand-in for identity, alone or merged into a test
+/// upstream.
+pub fn jwks_router(key: &ed25519_dalek::SigningKey, kid: &str) -> Router {
+    let keys = crate::auth::JwkSet {
+        keys: vec![crate::auth::Jwk::ed25519(kid, &key.verifying_key())],
+    };
+    Router::new().route(
+        JWKS_PATH,
+        axum::routing::get(move || async move { axum::Json(keys.clone()) }),
+    )
+}
+
 /// An access token for `subject` with `roles`, signed with `key` under
 /// `kid` as identity signs them, valid for five minutes.
 pub fn access_token(
