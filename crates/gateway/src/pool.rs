@@ -117,9 +117,7 @@ impl Conn {
     async fn read_head(&mut self) -> Result<http::response::Parts, SendError> {
         loop {
             if let Some(parts) = parse_head(&mut self.read)? {
-                if parts.status.is_informational()
-                    && parts.status != StatusCode::SWITCHING_PROTOCOLS
-                {
+                if interim(parts.status) {
                     continue;
                 }
                 return Ok(parts);
@@ -132,6 +130,11 @@ impl Conn {
             }
         }
     }
+}
+
+/// An interim answer (1xx but 101), which a final one follows.
+fn interim(status: StatusCode) -> bool {
+    status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// One answer head from the front of `read`, taken out of it; none while
@@ -466,9 +469,9 @@ async fn write(conn: &mut Conn, head: &[u8], body: &Bytes) -> Result<bool, (io::
     written.map_err(|error| (error, both.remaining() < total))
 }
 
-/// `read` holds the head of a final answer (interim ones, 1xx but 101,
-/// skipped), or what cannot be one: either way, there is nothing more to
-/// wait for before reading it.
+/// `read` holds the head of a final answer ([`interim`] ones skipped), or
+/// what cannot be one: either way, there is nothing more to wait for
+/// before reading it.
 fn final_head_in(mut read: &[u8]) -> bool {
     if read.len() > HEAD_MAX_BYTES {
         return true;
@@ -478,8 +481,8 @@ fn final_head_in(mut read: &[u8]) -> bool {
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(read) {
             Ok(httparse::Status::Partial) => return false,
-            Ok(httparse::Status::Complete(len)) => match response.code {
-                Some(code @ 100..200) if code != 101 => read = &read[len..],
+            Ok(httparse::Status::Complete(len)) => match response.code.map(StatusCode::from_u16) {
+                Some(Ok(status)) if interim(status) => read = &read[len..],
                 _ => return true,
             },
             Err(_) => return true,

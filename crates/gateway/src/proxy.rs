@@ -679,16 +679,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Connection` names options (`close`, `keep-alive`) and, rarely, other
     // headers as hop-by-hop: those go first, while the header naming them
-    // is still there; collected only when there are any.
-    let named = |token: &&str| !token.eq_ignore_ascii_case("close") && !is_hop_by_hop(token);
-    if header_list(headers, header::CONNECTION).any(|token| named(&token)) {
-        let names: Vec<HeaderName> = header_list(headers, header::CONNECTION)
-            .filter(named)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in names {
-            headers.remove(name);
-        }
+    // is still there (an empty list allocates nothing).
+    let named: Vec<HeaderName> = header_list(headers, header::CONNECTION)
+        .filter(|token| !token.eq_ignore_ascii_case("close") && !is_hop_by_hop(token))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     // Those that carry some carry one or two (`Connection: keep-alive`):
     // found without allocating.
