@@ -114,13 +114,13 @@ impl Conn {
     }
 
     /// The answer's head, interim (1xx but 101) answers skipped.
-    async fn read_head(&mut self) -> Result<http::response::Parts, SendError> {
+    async fn read_head(&mut self, method: &Method) -> Result<Head, SendError> {
         loop {
-            if let Some(parts) = parse_head(&mut self.read)? {
-                if interim(parts.status) {
+            if let Some(head) = parse_head(&mut self.read, method)? {
+                if interim(head.parts.status) {
                     continue;
                 }
-                return Ok(parts);
+                return Ok(head);
             }
             if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
                 return Err(match self.read.is_empty() {
@@ -137,9 +137,41 @@ fn interim(status: StatusCode) -> bool {
     status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
-/// One answer head from the front of `read`, taken out of it; none while
-/// it is incomplete.
-fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, SendError> {
+/// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
+/// forwarded; also those the `Connection` header names. Lowercase, as
+/// header names are kept.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// `name` (any case) is one of [`HOP_BY_HOP`]: compared by length first,
+/// so that most names are told apart without looking at their bytes.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// An answer's head as the gateway passes it on: its parts without the
+/// headers that were for this connection only (hop-by-hop ones), but for
+/// a protocol switch's, whose own they are; how its body is delimited;
+/// and whether the connection may carry another exchange after it.
+struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// One answer head (to a request of `method`) from the front of `read`,
+/// taken out of it; none while it is incomplete.
+fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, SendError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADERS_MAX];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -160,14 +192,38 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, Send
         _ => Version::HTTP_11,
     };
     let spans = spans(read, parsed.headers);
-    let head = read.split_to(len).freeze();
+    let block = read.split_to(len).freeze();
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     let headers = response.headers_mut();
     headers.reserve(spans.len());
-    headers_into(&head, &spans, headers)?;
-    Ok(Some(response.into_parts().0))
+    // The headers that frame the body and say what becomes of the
+    // connection are read on the way, as they are left out.
+    let mut hops = Hops::default();
+    headers_into(&block, &spans, headers, |name, value| {
+        hops.read(name, value);
+        switched || !is_hop_by_hop(name)
+    })?;
+    if hops.names_others && !switched {
+        let connection = spans.iter().filter(|&&(start, end, ..)| {
+            block[start..end].eq_ignore_ascii_case(header::CONNECTION.as_str().as_bytes())
+        });
+        for &(.., value_start, value_end) in connection {
+            for name in items(&block[value_start..value_end]) {
+                if let Ok(name) = HeaderName::from_bytes(name) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    let (framing, reusable) = hops.framing(method, status, version)?;
+    Ok(Some(Head {
+        parts: response.into_parts().0,
+        framing,
+        reusable,
+    }))
 }
 
 /// Where each header's name and value is in `block` (which they borrow),
@@ -188,11 +244,20 @@ fn spans(block: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
 /// A header's name and value, as offsets: start and end of each.
 type Span = (usize, usize, usize, usize);
 
-/// The headers at `spans` of `block`, added to `headers`.
-fn headers_into(block: &Bytes, spans: &[Span], headers: &mut HeaderMap) -> Result<(), SendError> {
+/// The headers at `spans` of `block` that `keep` keeps (given each name
+/// and value), added to `headers`.
+fn headers_into(
+    block: &Bytes,
+    spans: &[Span],
+    headers: &mut HeaderMap,
+    mut keep: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), SendError> {
     for &(name_start, name_end, value_start, value_end) in spans {
-        let name = HeaderName::from_bytes(&block[name_start..name_end])
-            .map_err(|_| SendError::Invalid("a header name"))?;
+        let name = &block[name_start..name_end];
+        if !keep(name, &block[value_start..value_end]) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| SendError::Invalid("a header name"))?;
         let value = HeaderValue::from_maybe_shared(block.slice(value_start..value_end))
             .map_err(|_| SendError::Invalid("a header value"))?;
         headers.append(name, value);
@@ -200,76 +265,120 @@ fn headers_into(block: &Bytes, spans: &[Span], headers: &mut HeaderMap) -> Resul
     Ok(())
 }
 
-/// How an answer's body is delimited (RFC 9112 §6.3), and whether the
-/// connection can carry another exchange after it.
-fn framing(method: &Method, parts: &http::response::Parts) -> Result<(Framing, bool), SendError> {
-    // A switched connection is the upgrade's from now on.
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((Framing::Switched, false));
-    }
-    let headers = &parts.headers;
-    let connection_has = |option: &str| {
-        header_list(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(option))
-    };
-    let close = connection_has("close")
-        || (parts.version == Version::HTTP_10 && !connection_has("keep-alive"));
-    if method == Method::HEAD
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Length(0), !close));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked when that is the last coding; else the body runs to the
-        // connection's end. A length beside it is ignored, and the
-        // connection not used again.
-        let last = header_list(headers, header::TRANSFER_ENCODING).next_back();
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
-        let reusable = chunked && !close && !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(match chunked {
-            true => (Framing::Chunked(Chunk::Size), reusable),
-            false => (Framing::UntilClose, false),
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| SendError::Invalid("content-length"))?;
-        for item in text.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(SendError::Invalid("content-length"));
+/// What an answer's `Connection`, `Transfer-Encoding` and
+/// `Content-Length` headers say, over all their lines.
+#[derive(Default)]
+struct Hops {
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names headers other than the hop-by-hop ones.
+    names_others: bool,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    length: Length,
+}
+
+#[derive(Default)]
+enum Length {
+    #[default]
+    Absent,
+    Is(u64),
+    /// Not digits, or lines that disagree.
+    Invalid,
+}
+
+impl Hops {
+    fn read(&mut self, name: &[u8], value: &[u8]) {
+        let is = |header: HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+        if is(header::CONNECTION) {
+            for option in items(value) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !is_hop_by_hop(option) {
+                    self.names_others = true;
+                }
             }
-            let n: u64 = item
-                .parse()
-                .map_err(|_| SendError::Invalid("content-length"))?;
-            if length.is_some_and(|earlier| earlier != n) {
-                return Err(SendError::Invalid("content-length"));
+        } else if is(header::TRANSFER_ENCODING) {
+            self.transfer_encoding = true;
+            if let Some(last) = items(value).next_back() {
+                self.chunked = last.eq_ignore_ascii_case(b"chunked");
             }
-            length = Some(n);
+        } else if is(header::CONTENT_LENGTH) {
+            for item in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let n = std::str::from_utf8(item)
+                    .ok()
+                    .filter(|item| !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|item| item.parse::<u64>().ok());
+                self.length = match (&self.length, n) {
+                    (Length::Absent, Some(n)) => Length::Is(n),
+                    (Length::Is(earlier), Some(n)) if *earlier == n => Length::Is(n),
+                    _ => Length::Invalid,
+                };
+            }
         }
     }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), !close),
-        None => (Framing::UntilClose, false),
-    })
+
+    /// How the body of an answer to `method` is delimited (RFC 9112
+    /// §6.3), and whether the connection can carry another exchange after
+    /// it.
+    fn framing(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+    ) -> Result<(Framing, bool), SendError> {
+        // A switched connection is the upgrade's from now on.
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((Framing::Switched, false));
+        }
+        let close = self.close || (version == Version::HTTP_10 && !self.keep_alive);
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((Framing::Length(0), !close));
+        }
+        if self.transfer_encoding {
+            // Chunked when that is the last coding; else the body runs to
+            // the connection's end. A length beside it is ignored, and the
+            // connection not used again.
+            let reusable = self.chunked && !close && matches!(self.length, Length::Absent);
+            return Ok(match self.chunked {
+                true => (Framing::Chunked(Chunk::Size), reusable),
+                false => (Framing::UntilClose, false),
+            });
+        }
+        match self.length {
+            Length::Is(n) => Ok((Framing::Length(n), !close)),
+            Length::Absent => Ok((Framing::UntilClose, false)),
+            Length::Invalid => Err(SendError::Invalid("content-length")),
+        }
+    }
+}
+
+/// The items of one line of a comma-separated list header, trimmed,
+/// empty ones skipped.
+fn items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
 }
 
 /// The items of a comma-separated list header (`Connection`,
-/// `Transfer-Encoding`), over all its lines, trimmed, empty ones skipped.
+/// `Transfer-Encoding`), over all its lines.
 pub(crate) fn header_list(
     headers: &HeaderMap,
     name: HeaderName,
-) -> impl DoubleEndedIterator<Item = &str> {
+) -> impl DoubleEndedIterator<Item = &[u8]> {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
+        .flat_map(|v| items(v.as_bytes()))
 }
 
 /// The head of `request` as written: request line, headers (the
@@ -373,20 +482,20 @@ impl Pool {
                 (conn, written)
             }
         };
-        let (parts, whole) = match written {
-            Ok(whole) => (conn.read_head().await?, whole),
+        let method = &request.method;
+        let (head, whole) = match written {
+            Ok(whole) => (conn.read_head(method).await?, whole),
             // An instance that will not read a body (413) may answer and
             // close while it is being written: that answer stands.
-            Err((error, _)) => (conn.read_head().await.map_err(|_| error)?, false),
+            Err((error, _)) => (conn.read_head(method).await.map_err(|_| error)?, false),
         };
-        let (framing, reusable) = framing(&request.method, &parts)?;
         let body = PooledBody {
             conn: Some(conn),
-            framing,
+            framing: head.framing,
             // Part of the request unsent, the connection is not in step.
-            pool: (reusable && whole).then(|| self.clone()),
+            pool: (head.reusable && whole).then(|| self.clone()),
         };
-        Ok(http::Response::from_parts(parts, body.settled()))
+        Ok(http::Response::from_parts(head.parts, body.settled()))
     }
 
     /// The freshest idle connection still open, if any.
@@ -612,7 +721,8 @@ fn trailers(read: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
     };
     let block = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    headers_into(&block, &spans, &mut headers).map_err(|_| invalid("malformed trailers"))?;
+    headers_into(&block, &spans, &mut headers, |_, _| true)
+        .map_err(|_| invalid("malformed trailers"))?;
     Ok(Some(headers))
 }
 
@@ -941,6 +1051,45 @@ mod tests {
         ))
         .await;
         assert_eq!(get(&pool).await.0, "ok");
+    }
+
+    #[tokio::test]
+    async fn headers_for_the_connection_are_left_out_but_a_switch_keeps_its_own() {
+        let (pool, _) = instance(Answer::Keep(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Secret\r\nkeep-alive: timeout=5\r\n\
+              x-secret: 1\r\ncontent-type: text/plain\r\nte: trailers\r\ncontent-length: 2\r\n\r\nok",
+        ))
+        .await;
+        let response = send(&pool, Method::GET).await.unwrap();
+        let mut names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "content-type"]);
+        let (pool, _) = instance(Answer::Hold(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        ))
+        .await;
+        let response = send(&pool, Method::GET).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers()["connection"], "upgrade");
+        assert_eq!(response.headers()["upgrade"], "websocket");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_only_when_the_answer_lets_it() {
+        let answers: [(&'static [u8], usize); 4] = [
+            (b"HTTP/1.1 200 OK\r\nConnection: Close\r\ncontent-length: 2\r\n\r\nok", 2),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 2),
+            (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok", 1),
+            (b"HTTP/1.1 200 OK\r\nconnection: x-note\r\nx-note: 1\r\ncontent-length: 2\r\n\r\nok", 1),
+        ];
+        for (answer, connections) in answers {
+            let (pool, accepted) = instance(Answer::Keep(answer)).await;
+            for _ in 0..2 {
+                assert_eq!(get(&pool).await.0, "ok");
+            }
+            let text = String::from_utf8_lossy(answer);
+            assert_eq!(accepted.load(Ordering::SeqCst), connections, "{text}");
+        }
     }
 
     #[tokio::test]

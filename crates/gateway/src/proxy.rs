@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
-use crate::pool::{Outgoing, PooledBody, SendError, header_list};
+use crate::pool::{Outgoing, PooledBody, SendError, header_list, is_hop_by_hop};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
 use crate::server::Client;
@@ -37,26 +37,6 @@ pub const ROLES_HEADER: &str = "x-tessera-roles";
 /// Who the request came through, for the upstream.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
-/// forwarded; also those the `Connection` header names. Lowercase, as
-/// header names are kept.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// `name` (any case) is one of [`HOP_BY_HOP`]: compared by length first,
-/// so that most names are told apart without looking at their bytes.
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
 
 /// The one handler of the public port. Its responses carry the route's
 /// name, for the kit's metrics and access log.
@@ -429,7 +409,7 @@ fn wants_upgrade(request: &Request) -> bool {
     request.version() == http::Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
         && header_list(request.headers(), header::CONNECTION)
-            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Passes a protocol switch on: the handshake goes to one instance (never
@@ -493,11 +473,10 @@ async fn upgrade(
     Ok(Response::from_parts(parts, Body::empty()))
 }
 
-/// The upstream's answer as the client gets it.
+/// The upstream's answer as the client gets it (the pool has left out
+/// what was for its connection).
 fn finish(response: http::Response<PooledBody>) -> Response {
-    let mut response = response.map(Body::new);
-    strip_hop_by_hop(response.headers_mut());
-    response
+    response.map(Body::new)
 }
 
 /// Phase 1 and 2: a clean path, then the route that takes the request
@@ -674,15 +653,18 @@ pub(crate) fn prepare(
 /// Removes hop-by-hop headers and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at the few names present.
-    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+    if !headers
+        .keys()
+        .any(|name| is_hop_by_hop(name.as_str().as_bytes()))
+    {
         return;
     }
     // `Connection` names options (`close`, `keep-alive`) and, rarely, other
     // headers as hop-by-hop: those go first, while the header naming them
     // is still there (an empty list allocates nothing).
     let named: Vec<HeaderName> = header_list(headers, header::CONNECTION)
-        .filter(|token| !token.eq_ignore_ascii_case("close") && !is_hop_by_hop(token))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .filter(|token| !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(token))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -691,7 +673,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // found without allocating.
     while let Some(name) = headers
         .keys()
-        .find(|name| is_hop_by_hop(name.as_str()))
+        .find(|name| is_hop_by_hop(name.as_str().as_bytes()))
         .cloned()
     {
         headers.remove(name);
