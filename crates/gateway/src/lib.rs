@@ -110,7 +110,7 @@ impl Public {
                 if openapi::is_docs_path(request.uri().path()) {
                     // Rare, and its future large: boxed where it runs.
                     let Ok(response) = Box::pin(this.docs.oneshot(request)).await;
-                    return response;
+                    return (response, None);
                 }
                 proxy::handle(&this.gateway, &client, request).await
             });

@@ -13,6 +13,7 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use kit::auth::Principal;
+use kit::telemetry::RouteName;
 use tokio::io::AsyncWriteExt;
 
 use kit::problem::{Code, Problem};
@@ -38,24 +39,28 @@ pub const ROLES_HEADER: &str = "x-tessera-roles";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The one handler of the public port. Its responses carry the route's
-/// name, for the kit's metrics and access log.
-pub async fn handle(gateway: &Gateway, client: &Client, request: Request) -> Response {
+/// The one handler of the public port: the answer, and the name of the
+/// route that gave it (none for a request refused before it was routed),
+/// for the kit's metrics and access log.
+pub async fn handle(
+    gateway: &Gateway,
+    client: &Client,
+    request: Request,
+) -> (Response, Option<RouteName>) {
     // One version of the configuration from start to end.
     let snapshot = gateway.snapshot();
     if let Err(problem) = headers_within(request.headers(), snapshot.settings.headers_max_bytes) {
-        return problem.into_response();
+        return (problem.into_response(), None);
     }
     let origin = match snapshot.cors.as_ref().map(|c| c.verdict(request.headers())) {
         None | Some(Verdict::NotCors) => None,
         Some(Verdict::Allowed(origin)) => Some(origin),
         Some(Verdict::Refused(origin)) => {
             let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-            return Problem::new(Code::Forbidden)
-                .detail(format!(
-                    "requests from the origin {origin:?} are not allowed"
-                ))
-                .into_response();
+            let problem = Problem::new(Code::Forbidden).detail(format!(
+                "requests from the origin {origin:?} are not allowed"
+            ));
+            return (problem.into_response(), None);
         }
     };
     let preflight = Cors::preflight(request.method(), request.headers());
@@ -64,9 +69,12 @@ pub async fn handle(gateway: &Gateway, client: &Client, request: Request) -> Res
         .unwrap_or_else(|| request.method().clone());
     let route = match route(&snapshot.table, &method, &request) {
         Ok(route) => route,
-        Err(problem) => return cors_decorated(&snapshot, origin, problem.into_response()),
+        Err(problem) => {
+            let response = cors_decorated(&snapshot, origin, problem.into_response());
+            return (response, None);
+        }
     };
-    let mut response = match (&snapshot.cors, &origin, &preflight) {
+    let response = match (&snapshot.cors, &origin, &preflight) {
         (Some(cors), Some(origin), Some(asked)) => {
             cors.preflight_answer(origin.clone(), &route.methods(), asked)
         }
@@ -75,10 +83,7 @@ pub async fn handle(gateway: &Gateway, client: &Client, request: Request) -> Res
             Err(problem) => cors_decorated(&snapshot, origin, problem.into_response()),
         },
     };
-    response
-        .extensions_mut()
-        .insert(kit::telemetry::RouteName(route.name.clone()));
-    response
+    (response, Some(RouteName(route.name.clone())))
 }
 
 /// `response` readable by the page of an allowed `origin`.

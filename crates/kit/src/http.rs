@@ -197,6 +197,26 @@ where
     }
 }
 
+/// What a handler under [`observe`] answers: a response, and the name of
+/// the route that gave it when the handler routed by itself (the
+/// gateway). Without one, the route is the response's [`RouteName`]
+/// extension, else the router's matched path, else `unmatched`.
+pub trait Answer {
+    fn into_named(self) -> (Response, Option<RouteName>);
+}
+
+impl Answer for Response {
+    fn into_named(self) -> (Response, Option<RouteName>) {
+        (self, None)
+    }
+}
+
+impl Answer for (Response, Option<RouteName>) {
+    fn into_named(self) -> (Response, Option<RouteName>) {
+        self
+    }
+}
+
 /// The observation step around `serve`: trace context (the task-local
 /// [`telemetry::current_trace`] while it runs), request id, access log,
 /// metrics, panics → 500. [`ObserveLayer`] applies it to a router's
@@ -205,10 +225,12 @@ where
 pub async fn observe<F, Fut>(metrics: &Metrics, req: Request, serve: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
+    Fut: Future<Output: Answer>,
 {
     let started = Instant::now();
     let method = telemetry::method_label(req.method());
+    // The log says what the client sent, the metrics a bounded label.
+    let sent_method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let trace = TraceContext::continue_or_start(
         req.headers()
@@ -240,8 +262,8 @@ where
     let served = AssertUnwindSafe(serve(req)).catch_unwind();
     let response = telemetry::in_trace(trace, served).await;
     metrics.in_flight.dec();
-    let mut response = match response {
-        Ok(response) => response,
+    let (mut response, named) = match response {
+        Ok(answer) => answer.into_named(),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -249,14 +271,15 @@ where
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(trace_id = %trace.trace_id, %path, panic = %message, "handler panicked");
-            telemetry::in_trace(trace, async {
+            let response = telemetry::in_trace(trace, async {
                 Problem::new(Code::Internal).into_response()
             })
-            .await
+            .await;
+            (response, None)
         }
     };
 
-    let route = match response.extensions_mut().remove::<RouteName>() {
+    let route = match named.or_else(|| response.extensions_mut().remove::<RouteName>()) {
         Some(name) => name,
         None => RouteName::from(matched.as_ref().map_or("unmatched", |m| m.as_str())),
     };
@@ -266,7 +289,7 @@ where
         tracing::info!(
             trace_id = %trace.trace_id,
             request_id = request_id.to_str().unwrap_or_default(),
-            %method,
+            method = %sent_method,
             %route,
             %path,
             status,
@@ -277,7 +300,7 @@ where
     metrics
         .requests
         .get_or_create(&RequestLabels {
-            method: method.clone(),
+            method,
             route: route.clone(),
             status,
         })

@@ -4,7 +4,6 @@
 //! created) held in a task-local, so that logs, problem bodies and outgoing
 //! calls carry the same trace id without threading it through every call.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -165,24 +164,58 @@ pub fn current_trace_id() -> Option<String> {
     CURRENT.try_with(|c| c.trace_id.to_string()).ok()
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Borrowed for the standard methods: no allocation per request.
-    pub method: Cow<'static, str>,
+    /// One of the standard methods, or [`OTHER_METHOD`]: see
+    /// [`method_label`].
+    pub method: &'static str,
     /// The route template (`/api/v1/users/{id}`) or the gateway route's
     /// name, never the raw path, so that label cardinality stays bounded.
     pub route: RouteName,
     pub status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: Cow<'static, str>,
+    pub method: &'static str,
     pub route: RouteName,
 }
 
-/// A method as a label value, without allocating for the standard ones.
-pub fn method_label(method: &http::Method) -> Cow<'static, str> {
+// Every request looks its label sets up, and the metric families hash with
+// SipHash, which costs per write: each set is one write of a cheap digest
+// of its values (equal sets, equal digests, as `Hash` asks).
+impl std::hash::Hash for RequestLabels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(label_digest(self.method, &self.route) ^ u64::from(self.status));
+    }
+}
+
+impl std::hash::Hash for RouteLabels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(label_digest(self.method, &self.route));
+    }
+}
+
+/// FNV-1a over a method and a route name. Not for untrusted input: label
+/// values come from the configuration and a fixed set of methods.
+fn label_digest(method: &str, route: &RouteName) -> u64 {
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [method.as_bytes(), b"\0", route.as_str().as_bytes()] {
+        for &byte in part {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    digest
+}
+
+/// The method label of requests with a method outside the standard ones:
+/// a client can send any token as a method, and one series per token
+/// would grow without bound.
+pub const OTHER_METHOD: &str = "other";
+
+/// A method as a label value: one of a fixed set, so that the series a
+/// client can make stay bounded.
+pub fn method_label(method: &http::Method) -> &'static str {
     use http::Method;
     let standard = [
         Method::GET,
@@ -199,8 +232,8 @@ pub fn method_label(method: &http::Method) -> Cow<'static, str> {
         "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
     ];
     match standard.iter().position(|m| m == method) {
-        Some(i) => Cow::Borrowed(NAMES[i]),
-        None => Cow::Owned(method.as_str().to_owned()),
+        Some(i) => NAMES[i],
+        None => OTHER_METHOD,
     }
 }
 

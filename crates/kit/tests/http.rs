@@ -154,3 +154,34 @@ async fn shutdown_drains_in_flight_requests() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn methods_outside_the_standard_ones_share_one_metric_label() {
+    let server = serve(HttpSettings::default(), Readiness::default()).await;
+    let http = reqwest::Client::new();
+    for method in ["BREW", "WHEN", "GET"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        http.request(method, server.url("/slow-not"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let requests: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tessera_http_requests_total{"))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("method=\"other\"") && l.ends_with(" 2")),
+        "{requests:?}"
+    );
+    assert!(requests.iter().any(|l| l.contains("method=\"GET\"")));
+    assert!(!metrics.contains("BREW") && !metrics.contains("WHEN"));
+}
