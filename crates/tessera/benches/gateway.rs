@@ -4,9 +4,10 @@
 //! access log, and the client's address and scheme passed on
 //! (`X-Forwarded-For`, `X-Forwarded-Proto`) as the gateway always does.
 //! One load generator, rounds interleaved, medians printed with ratios
-//! against nginx, and each proxy's CPU time (user + system, workers
-//! included) per request: the cost behind the throughput once the load
-//! generator and the proxy share the machine's cores.
+//! against nginx, and each proxy's CPU time per request (workers
+//! included), in user space (the proxy's own code) and in the kernel (its
+//! system calls, loopback TCP included): the cost behind the throughput
+//! once the load generator and the proxy share the machine's cores.
 //!
 //! Then composition: a composite of three branches that each answer after
 //! 1 ms against one proxied 1 ms call, p50 and the difference printed
@@ -160,9 +161,9 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
 struct Round {
     per_s: f64,
     requests: u64,
-    /// The proxy's CPU time (user + system, its workers included) per
-    /// request; none for the upstream itself.
-    cpu_us: Option<f64>,
+    /// The proxy's CPU time per request (its workers included), user and
+    /// system; none for the upstream itself.
+    cpu_us: Option<Cpu>,
     p50_us: f64,
     p99_us: f64,
     errors: u64,
@@ -218,25 +219,45 @@ async fn load(port: u16, path: &str, connections: u64, seconds: u64) -> Round {
     }
 }
 
-/// CPU time (user + system, in clock ticks) of `pid` and its children
-/// (nginx's worker is the master's child).
-fn cpu_ticks(pid: u32) -> u64 {
+/// CPU time, user and system.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    system: f64,
+}
+
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// CPU time (in clock ticks) of `pid` and its children (nginx's worker is
+/// the master's child).
+fn cpu_ticks(pid: u32) -> Cpu {
     let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             // After the command's closing parenthesis: state is the first
             // field, utime the 12th, stime the 13th.
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            Some(Cpu {
+                user: fields.get(11)?.parse().ok()?,
+                system: fields.get(12)?.parse().ok()?,
+            })
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own + children
+    children
         .split_whitespace()
         .filter_map(|c| c.parse().ok())
         .map(cpu_ticks)
-        .sum::<u64>()
+        .fold(own, |sum, child| sum + child)
 }
 
 fn ticks_per_s() -> f64 {
@@ -299,15 +320,21 @@ async fn main() {
             let before = pid.map(cpu_ticks);
             let mut round = load(*port, "/bench", connections, seconds).await;
             if let (Some(pid), Some(before)) = (pid, before) {
-                let spent = cpu_ticks(pid).saturating_sub(before) as f64 / ticks_per_s();
-                round.cpu_us = Some(spent * 1e6 / round.requests.max(1) as f64);
+                let after = cpu_ticks(pid);
+                let per_request = |ticks: f64| {
+                    ticks.max(0.0) / ticks_per_s() * 1e6 / round.requests.max(1) as f64
+                };
+                round.cpu_us = Some(Cpu {
+                    user: per_request(after.user - before.user),
+                    system: per_request(after.system - before.system),
+                });
             }
             results[i].push(round);
         }
     }
     println!(
-        "{:<10} {:>12} {:>10} {:>10} {:>8} {:>12}",
-        "", "requests/s", "p50 µs", "p99 µs", "errors", "CPU µs/req"
+        "{:<10} {:>12} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10}",
+        "", "requests/s", "p50 µs", "p99 µs", "errors", "CPU µs/req", "user", "system"
     );
     let medians: Vec<(f64, f64, f64)> = results
         .iter()
@@ -323,12 +350,21 @@ async fn main() {
         targets.iter().zip(medians.iter().zip(&results))
     {
         let errors: u64 = rounds.iter().map(|r| r.errors).sum();
-        let cpu: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_us).collect();
-        let cpu = match cpu.is_empty() {
-            true => "-".to_owned(),
-            false => format!("{:.1}", median(cpu)),
+        let cpu: Vec<Cpu> = rounds.iter().filter_map(|r| r.cpu_us).collect();
+        let (total, user, system) = match cpu.is_empty() {
+            true => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            false => {
+                let of = |part: fn(&Cpu) -> f64| median(cpu.iter().map(part).collect());
+                (
+                    format!("{:.1}", of(|c| c.user + c.system)),
+                    format!("{:.1}", of(|c| c.user)),
+                    format!("{:.1}", of(|c| c.system)),
+                )
+            }
         };
-        println!("{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8} {cpu:>12}");
+        println!(
+            "{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8} {total:>12} {user:>10} {system:>10}"
+        );
     }
     let gateway = medians[1];
     for (i, (name, _, _)) in targets.iter().enumerate().skip(2) {
