@@ -514,8 +514,13 @@ fn route<'a>(
         Matched::Route(route) => Ok(route),
         Matched::MethodNotAllowed(allowed) => {
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-            Err(Problem::new(Code::MethodNotAllowed)
-                .detail(format!("allowed: {}", allow.join(", "))))
+            let allow = allow.join(", ");
+            let problem = Problem::new(Code::MethodNotAllowed).detail(format!("allowed: {allow}"));
+            // RFC 9110 §15.5.6: a 405 says, in `Allow`, what the resource takes.
+            Err(match HeaderValue::try_from(allow) {
+                Ok(value) => problem.header(header::ALLOW, value),
+                Err(_) => problem,
+            })
         }
         Matched::NotFound => Err(Problem::new(Code::NotFound)),
     }

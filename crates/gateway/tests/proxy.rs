@@ -246,6 +246,8 @@ async fn refusals_are_problems_with_the_right_status() {
         .send()
         .await
         .unwrap();
+    // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+    assert_eq!(delete.headers()["allow"], "GET, PATCH");
     let problem = assert_problem(delete, 405, "method_not_allowed").await;
     assert_eq!(problem["detail"], "allowed: GET, PATCH");
     for bad in [

@@ -185,3 +185,18 @@ async fn methods_outside_the_standard_ones_share_one_metric_label() {
     assert!(requests.iter().any(|l| l.contains("method=\"GET\"")));
     assert!(!metrics.contains("BREW") && !metrics.contains("WHEN"));
 }
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_a_405_naming_the_ones_it_does() {
+    let server = serve(HttpSettings::default(), Readiness::default()).await;
+    let delete = reqwest::Client::new()
+        .delete(server.url("/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.headers()["allow"], "POST");
+    assert_eq!(
+        problem_code(delete).await,
+        (405, "method_not_allowed".into())
+    );
+}
