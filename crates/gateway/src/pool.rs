@@ -199,8 +199,8 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Send
     *response.version_mut() = version;
     let headers = response.headers_mut();
     headers.reserve(spans.len());
-    // The headers that frame the body and say what becomes of the
-    // connection are read on the way, as they are left out.
+    // One pass: the headers that frame the body and say what becomes of
+    // the connection are read, the hop-by-hop ones left out.
     let mut hops = Hops::default();
     headers_into(&block, &spans, headers, |name, value| {
         hops.read(name, value);
