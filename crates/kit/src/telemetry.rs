@@ -216,25 +216,13 @@ pub const OTHER_METHOD: &str = "other";
 /// A method as a label value: one of a fixed set, so that the series a
 /// client can make stay bounded.
 pub fn method_label(method: &http::Method) -> &'static str {
-    use http::Method;
-    let standard = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
+    const STANDARD: [&str; 9] = [
         "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
     ];
-    match standard.iter().position(|m| m == method) {
-        Some(i) => NAMES[i],
-        None => OTHER_METHOD,
-    }
+    STANDARD
+        .into_iter()
+        .find(|name| *name == method.as_str())
+        .unwrap_or(OTHER_METHOD)
 }
 
 /// The Prometheus registry of one process and the HTTP metrics every
