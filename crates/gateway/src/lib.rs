@@ -13,6 +13,7 @@ pub mod compose;
 pub mod cors;
 pub mod discovery;
 pub mod events;
+pub mod h1;
 pub mod metrics;
 pub mod openapi;
 pub mod path;
@@ -29,15 +30,13 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
-use kit::http::PeerAddr;
 use kit::problem::{Code, Problem};
 use kit::telemetry::Metrics;
 use tower::ServiceExt;
@@ -82,9 +81,28 @@ pub fn public_service(gateway: Arc<Gateway>, metrics: Metrics) -> Public {
     }
 }
 
-/// [`public_service`] as a router, for servers that take one (tests).
-pub fn public_router(gateway: Arc<Gateway>, metrics: Metrics) -> Router {
-    Router::new().fallback_service(public_service(gateway, metrics))
+/// The public port on `listener`, plain HTTP, heads bounded by the
+/// default timeout, until `shutdown` resolves: served as [`serve`] serves
+/// it (tests).
+pub async fn serve_public(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let defaults = GatewaySettings::default();
+    let serving = server::Serving {
+        tls: None,
+        header_read_timeout: std::time::Duration::from_millis(defaults.header_read_timeout_ms),
+        grace: std::time::Duration::from_secs(1),
+    };
+    server::serve(
+        listener,
+        public_service(gateway, metrics),
+        serving,
+        shutdown,
+    )
+    .await
 }
 
 /// What serves the public port. A request is either for the docs (a small
@@ -116,29 +134,6 @@ impl Public {
             });
             Ok(served.await)
         })
-    }
-}
-
-/// For servers that give the peer as [`ConnectInfo`] (tests): no TLS.
-impl tower::Service<Request> for Public {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = PublicFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match request.extensions().get::<ConnectInfo<PeerAddr>>() {
-            Some(&ConnectInfo(PeerAddr(peer))) => {
-                self.serve(request, server::Client::new(peer, false))
-            }
-            None => {
-                let response = Problem::internal("the server gave no peer address").into_response();
-                Box::pin(std::future::ready(Ok(response)))
-            }
-        }
     }
 }
 

@@ -362,7 +362,7 @@ impl Hops {
 
 /// The items of one line of a comma-separated list header, trimmed,
 /// empty ones skipped.
-fn items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+pub(crate) fn items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)

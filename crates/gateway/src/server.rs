@@ -1,7 +1,9 @@
 //! The public port's HTTP server: HTTP/1.1 and HTTP/2 on every connection
 //! (h2c by prior knowledge on plain TCP; with TLS, ALPN offers `h2` and
 //! `http/1.1`), upgrades passed on (WebSocket), a bound on how long a
-//! request head may take, and a drain on shutdown.
+//! request head may take, and a drain on shutdown. Each connection starts
+//! in the gateway's own HTTP/1.1 loop ([`crate::h1`]), which hands it to
+//! hyper at the first request it does not take.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +16,9 @@ use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -127,7 +129,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_STREAMS_MAX);
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: the drain is told through it, and
+    // it is over when the last one is dropped.
+    let (drain, draining) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,7 +146,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, draining) = (builder.clone(), draining.clone());
         let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
@@ -152,7 +156,7 @@ pub async fn serve(
                         router,
                         client: Client::new(peer, false),
                     };
-                    serve_connection(&builder, watcher, stream, service).await
+                    serve_connection(&builder, header_read_timeout, draining, stream, service).await
                 }
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
@@ -172,7 +176,7 @@ pub async fn serve(
                         router,
                         client: Client::new(peer, true),
                     };
-                    serve_connection(&builder, watcher, stream, service).await
+                    serve_connection(&builder, header_read_timeout, draining, stream, service).await
                 }
             };
             if let Err(error) = served {
@@ -181,8 +185,10 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(draining);
+    drain.send_replace(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = drain.closed() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace expired; dropping open connections");
         }
@@ -191,18 +197,35 @@ pub async fn serve(
 }
 
 /// Serves one connection (plain or TLS) until it closes or the drain ends
-/// it.
+/// it: in the gateway's HTTP/1.1 loop, then, if that hands it over, in
+/// hyper, told of the drain to finish its requests and close.
 async fn serve_connection<IO>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    header_read_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
     stream: IO,
     service: PerConnection,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let ours = crate::h1::serve(
+        stream,
+        |request| service.answer(request),
+        header_read_timeout,
+        &draining,
+    );
+    let stream = match ours.await? {
+        crate::h1::Ended::Closed => return Ok(()),
+        crate::h1::Ended::HandedOff(stream) => stream,
+    };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    watcher.watch(connection.into_owned()).await
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        _ = draining.wait_for(|draining| *draining) => connection.as_mut().graceful_shutdown(),
+    }
+    connection.await
 }
 
 /// The router, for one connection: each request learns who sent it.
@@ -210,6 +233,13 @@ where
 struct PerConnection {
     router: crate::Public,
     client: Client,
+}
+
+impl PerConnection {
+    async fn answer(&self, request: http::Request<Body>) -> axum::response::Response {
+        let Ok(response) = self.router.serve(request, self.client.clone()).await;
+        response
+    }
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for PerConnection {

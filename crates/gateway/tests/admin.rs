@@ -70,7 +70,10 @@ async fn setup(a_url: &str) -> Setup {
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
     let background = gateway.start_background();
     Setup {
-        public: TestServer::start(gateway::public_router(gateway.clone(), metrics.clone())).await,
+        public: TestServer::start_with(|listener, stop| {
+            gateway::serve_public(listener, gateway.clone(), metrics.clone(), stop)
+        })
+        .await,
         admin: TestServer::start(gateway::admin_router(gateway.clone(), &common, metrics)).await,
         gateway,
         file,

@@ -93,7 +93,10 @@ cache = {{ ttl_ms = 60000 }}
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
     Setup {
-        public: TestServer::start(gateway::public_router(gateway.clone(), metrics.clone())).await,
+        public: TestServer::start_with(|listener, stop| {
+            gateway::serve_public(listener, gateway.clone(), metrics.clone(), stop)
+        })
+        .await,
         admin: TestServer::start(gateway::admin_router(gateway.clone(), &common, metrics)).await,
         gateway,
         hits,

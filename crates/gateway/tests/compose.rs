@@ -184,7 +184,10 @@ async fn setup() -> Setup {
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
     Setup {
-        gateway: TestServer::start(gateway::public_router(gateway, metrics)).await,
+        gateway: TestServer::start_with(|listener, stop| {
+            gateway::serve_public(listener, gateway, metrics, stop)
+        })
+        .await,
         _upstream: upstream,
     }
 }

@@ -51,7 +51,10 @@ events = ["users.*"]
         bus::broker::DeadLetterReport::default(),
     ));
     Setup {
-        public: TestServer::start(gateway::public_router(gateway.clone(), metrics)).await,
+        public: TestServer::start_with(|listener, stop| {
+            gateway::serve_public(listener, gateway.clone(), metrics, stop)
+        })
+        .await,
         gateway,
         broker,
         _keys: keys,

@@ -143,10 +143,10 @@ auth = "optional"
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
-    let router = gateway::public_router(gateway, metrics);
+    let router = |listener, stop| gateway::serve_public(listener, gateway, metrics, stop);
     let [a, b] = users;
     Setup {
-        gateway: TestServer::start(router).await,
+        gateway: TestServer::start_with(router).await,
         _upstreams: vec![identity, a, b],
         http: reqwest::Client::new(),
     }

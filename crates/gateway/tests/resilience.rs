@@ -141,9 +141,9 @@ retries = 0
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
-    let router = gateway::public_router(gateway, metrics.clone());
+    let router = |listener, stop| gateway::serve_public(listener, gateway, metrics.clone(), stop);
     Setup {
-        gateway: TestServer::start(router).await,
+        gateway: TestServer::start_with(router).await,
         _upstreams: vec![ok, failing, switchable],
         ok_hits,
         failing_hits,
@@ -362,7 +362,10 @@ connect_timeout_ms = 200
     let config = Config::from_toml(&toml).unwrap();
     let metrics = kit::telemetry::Metrics::new("gateway");
     let gateway = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
-    let gateway = TestServer::start(gateway::public_router(gateway, metrics)).await;
+    let gateway = TestServer::start_with(|listener, stop| {
+        gateway::serve_public(listener, gateway, metrics, stop)
+    })
+    .await;
     let http = reqwest::Client::new();
     for n in 0..4 {
         let started = Instant::now();

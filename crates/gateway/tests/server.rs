@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::Request;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use gateway::server::{Serving, TlsSettings};
 use kit::config::Config;
@@ -16,9 +16,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Answers with the request's `x-forwarded-proto`; `/slow` after 500 ms;
-/// `/ws` echoes WebSocket messages.
+/// `/ws` echoes WebSocket messages; `/echo` echoes a POST's body;
+/// `/stream` sends `first`, and `second` 300 ms later.
 fn upstream() -> Router {
     Router::new()
+        .route("/api/echo", post(|body: String| async move { body }))
+        .route(
+            "/api/stream",
+            get(|| async {
+                let chunks =
+                    futures_util::stream::iter(["first", "second"]).then(|chunk| async move {
+                        if chunk == "second" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(chunk)
+                    });
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
         .route(
             "/api/ws",
             get(|upgrade: WebSocketUpgrade| async move {
@@ -217,4 +232,109 @@ async fn websockets_pass_through_after_the_gateway_checks_them() {
         }
         other => panic!("{other}"),
     }
+}
+
+/// Reads answers off `stream` until it closes: each one's head and body.
+async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn one_connection_carries_plain_requests_a_body_and_a_close() {
+    let running = start(None, Duration::from_secs(10)).await;
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    // Sent at once: the gateway's own loop answers the GETs and the HEAD,
+    // hands the connection to hyper at the POST, which answers the rest.
+    stream
+        .write_all(
+            b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /api/x HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+              POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answers = read_all(&mut stream).await;
+    let heads: Vec<&str> = answers.matches("HTTP/1.1 200 OK\r\n").collect();
+    assert_eq!(heads.len(), 5, "{answers}");
+    let proto = r#"{"proto":"http"}"#;
+    assert_eq!(
+        answers.matches(proto).count(),
+        3,
+        "HEAD has no body: {answers}"
+    );
+    assert!(answers.contains("\r\n\r\nhello"), "{answers}");
+    let lower = answers.to_ascii_lowercase();
+    assert_eq!(lower.matches("\r\ndate: ").count(), 5, "{answers}");
+    assert_eq!(
+        lower
+            .matches(&format!("content-length: {}\r\n", proto.len()))
+            .count(),
+        4,
+        "the HEAD's length is the GET's: {answers}"
+    );
+    assert!(
+        lower.ends_with(&format!("connection: close\r\n\r\n{proto}")),
+        "{answers}"
+    );
+}
+
+#[tokio::test]
+async fn what_the_gateways_loop_does_not_take_hyper_answers() {
+    let running = start(None, Duration::from_secs(10)).await;
+    for (request, status) in [
+        (
+            &b"GET /api/x HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            "HTTP/1.0 200 OK",
+        ),
+        (
+            b"GET /api/x HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with(status), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_passed_on_as_it_comes() {
+    let running = start(None, Duration::from_secs(10)).await;
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0; 4096];
+    let mut seen = String::new();
+    let started = Instant::now();
+    while !seen.contains("first") {
+        let n = stream.read(&mut first).await.unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(std::str::from_utf8(&first[..n]).unwrap());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the first chunk waited for the last"
+    );
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{seen}"
+    );
+    seen.push_str(&read_all(&mut stream).await);
+    assert!(
+        seen.ends_with("5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n"),
+        "{seen}"
+    );
 }

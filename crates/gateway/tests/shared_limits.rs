@@ -37,7 +37,10 @@ rate_limit = {{ per_second = 0.1, burst = 3, key = "ip" }}
     let metrics = kit::telemetry::Metrics::new("gateway");
     let opened = gateway::open(&config, kit::clock::system(), &metrics).unwrap();
     Gateway {
-        server: TestServer::start(gateway::public_router(opened.clone(), metrics.clone())).await,
+        server: TestServer::start_with(|listener, stop| {
+            gateway::serve_public(listener, opened.clone(), metrics.clone(), stop)
+        })
+        .await,
         metrics,
         _gateway: opened,
     }

@@ -14,18 +14,30 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(router: Router) -> Self {
+        Self::start_with(|listener, stop| {
+            crate::http::serve(listener, router, stop, std::time::Duration::from_secs(1))
+        })
+        .await
+    }
+
+    /// A server `serve` runs on an ephemeral port until the future it is
+    /// given resolves, which it does when the `TestServer` is dropped.
+    pub async fn start_with<F, S>(serve: S) -> Self
+    where
+        S: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(serve(
             listener,
-            router,
-            async {
+            Box::pin(async {
                 let _ = stopped.await;
-            },
-            std::time::Duration::from_secs(1),
+            }),
         ));
         Self {
             addr,
