@@ -1,6 +1,7 @@
 //! The public port's server: TLS with HTTP/2 or HTTP/1.1 by ALPN, h2c by
 //! prior knowledge, a bound on slow request heads, a drain on shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,6 +15,9 @@ use kit::testing::TestServer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+
+/// Requests `/slow` has received.
+static SLOW_STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Answers with the request's `x-forwarded-proto`; `/slow` after 500 ms;
 /// `/ws` echoes WebSocket messages; `/echo` echoes a POST's body;
@@ -49,6 +53,7 @@ fn upstream() -> Router {
         .route(
             "/api/slow",
             get(|| async {
+                SLOW_STARTED.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 "late"
             }),
@@ -191,7 +196,16 @@ async fn shutdown_lets_requests_under_way_finish() {
     let mut running = start(None, Duration::from_secs(10)).await;
     let url = format!("http://{}/api/slow", running.addr);
     let under_way = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Once the request is under way upstream (a drain closes a connection
+    // that has not sent one yet).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while SLOW_STARTED.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     running.stop.take().unwrap().send(()).unwrap();
     let answer = under_way.await.unwrap();
     assert_eq!(answer.status(), 200);
