@@ -27,8 +27,6 @@ pub mod settings;
 pub mod state;
 pub mod upstream;
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -116,24 +114,20 @@ pub struct Public {
     metrics: Arc<Metrics>,
 }
 
-/// What [`Public`] answers with.
-pub type PublicFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
 impl Public {
-    /// Answers one request from `client`.
-    pub(crate) fn serve(&self, request: Request, client: server::Client) -> PublicFuture {
-        let this = self.clone();
-        Box::pin(async move {
-            let served = kit::http::observe(&this.metrics, request, |request| async move {
-                if openapi::is_docs_path(request.uri().path()) {
-                    // Rare, and its future large: boxed where it runs.
-                    let Ok(response) = Box::pin(this.docs.oneshot(request)).await;
-                    return (response, None);
-                }
-                proxy::handle(&this.gateway, &client, request).await
-            });
-            Ok(served.await)
+    /// Answers one request from `client`. Not boxed: the gateway's own
+    /// HTTP/1.1 loop holds it where it awaits it (boxing copies the whole
+    /// future, kilobytes, on every request); hyper's side boxes it.
+    pub(crate) async fn serve(&self, request: Request, client: &server::Client) -> Response {
+        kit::http::observe(&self.metrics, request, |request| async move {
+            if openapi::is_docs_path(request.uri().path()) {
+                // Rare, and its future large: boxed where it runs.
+                let Ok(response) = Box::pin(self.docs.clone().oneshot(request)).await;
+                return (response, None);
+            }
+            proxy::handle(&self.gateway, client, request).await
         })
+        .await
     }
 }
 

@@ -237,18 +237,18 @@ struct PerConnection {
 
 impl PerConnection {
     async fn answer(&self, request: http::Request<Body>) -> axum::response::Response {
-        let Ok(response) = self.router.serve(request, self.client.clone()).await;
-        response
+        self.router.serve(request, &self.client).await
     }
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for PerConnection {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = crate::PublicFuture;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        self.router
-            .serve(request.map(Body::new), self.client.clone())
+        let this = self.clone();
+        Box::pin(async move { Ok(this.answer(request.map(Body::new)).await) })
     }
 }
