@@ -10,6 +10,7 @@
 //! one server's rules on the wire, hyper's for everything past the common
 //! case.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -140,9 +141,10 @@ async fn next<IO: AsyncRead + Unpin, D: Future>(
 /// The request at the front of `input`, taken out of it; `None` while its
 /// head is incomplete.
 fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
-    let mut headers = [httparse::EMPTY_HEADER; HEADERS_FAST_MAX];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let length = match parsed.parse(input) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADERS_FAST_MAX];
+    let mut parsed = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let length = match config.parse_request_with_uninit_headers(&mut parsed, input, &mut slots) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Ok(Some(Next::Other)),
@@ -151,9 +153,10 @@ fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
         return Ok(Some(Next::Other));
     }
     // Where each piece lies in `input`, so that the frozen head can be
-    // sliced rather than copied.
+    // sliced rather than copied (u32: a head is at most
+    // `HEAD_FAST_MAX_BYTES` and one read more).
     let base = input.as_ptr() as usize;
-    let at = |piece: &[u8]| (piece.as_ptr() as usize - base, piece.len());
+    let at = |piece: &[u8]| ((piece.as_ptr() as usize - base) as u32, piece.len() as u32);
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
         return Ok(Some(Next::Other));
     };
@@ -162,7 +165,7 @@ fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
     };
     let path = at(path.as_bytes());
     let mut close = false;
-    let mut places = [((0, 0), (0, 0)); HEADERS_FAST_MAX];
+    let mut places = [((0u32, 0u32), (0u32, 0u32)); HEADERS_FAST_MAX];
     let count = parsed.headers.len();
     for (place, h) in places.iter_mut().zip(parsed.headers.iter()) {
         let name = h.name.as_bytes();
@@ -181,7 +184,8 @@ fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
         *place = (at(name), at(h.value));
     }
     let head = input.split_to(length).freeze();
-    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
+    let range = |(start, len): (u32, u32)| start as usize..(start + len) as usize;
+    let slice = |span| head.slice(range(span));
     let Ok(uri) = Uri::from_maybe_shared(slice(path)) else {
         // hyper answers a target it cannot read with its 400.
         restore(input, &head);
@@ -190,7 +194,7 @@ fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
     let mut map = HeaderMap::with_capacity(count + HEADERS_ADDED);
     for &(name, value) in &places[..count] {
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[name.0..name.0 + name.1]),
+            HeaderName::from_bytes(&head[range(name)]),
             HeaderValue::from_maybe_shared(slice(value)),
         ) else {
             restore(input, &head);
@@ -233,10 +237,37 @@ async fn respond<IO: AsyncWrite + Unpin>(
 ) -> std::io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    output.clear();
+    output.extend_from_slice(b"HTTP/1.1 ");
+    output.extend_from_slice(status.as_str().as_bytes());
+    output.push(b' ');
+    output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    output.extend_from_slice(b"\r\n");
+    // One pass over the headers writes them and learns what the framing
+    // and the connection's fate need: its own `Connection` and
+    // `Transfer-Encoding` are this loop's to write, and a `Content-Length`
+    // only counts (and is written) once, when it is a number.
+    let (mut declared, mut close, mut dated) = (None, close, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            close |= crate::pool::items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            let length = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            match (declared, length) {
+                (None, Some(length)) => declared = Some(length),
+                _ => continue,
+            }
+        }
+        dated |= name == header::DATE;
+        line(output, name.as_str().as_bytes(), value.as_bytes());
+    }
     let bodiless = head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -246,21 +277,6 @@ async fn respond<IO: AsyncWrite + Unpin>(
         (false, Some(length), _) | (false, None, Some(length)) => Framing::Length(length),
         (false, None, None) => Framing::Chunked,
     };
-    let close = close
-        || crate::pool::header_list(&parts.headers, header::CONNECTION)
-            .any(|t| t.eq_ignore_ascii_case(b"close"));
-    output.clear();
-    output.extend_from_slice(b"HTTP/1.1 ");
-    output.extend_from_slice(status.as_str().as_bytes());
-    output.push(b' ');
-    output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    output.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        line(output, name.as_str().as_bytes(), value.as_bytes());
-    }
     match framing {
         Framing::Length(length) if declared.is_none() => {
             line(output, b"content-length", length.to_string().as_bytes())
@@ -268,7 +284,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
         Framing::Chunked => line(output, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         DATE.with_borrow_mut(|date| line(output, b"date", date.now()));
     }
     if close {
