@@ -81,12 +81,18 @@ pub enum SendError {
     Parse(#[from] httparse::Error),
     #[error("malformed answer: {0}")]
     Invalid(&'static str),
+    #[error("no answer by the deadline")]
+    TimedOut,
 }
 
 /// A connection and what was read from it and not yet taken.
 struct Conn {
     io: TcpStream,
     read: BytesMut,
+    /// The deadline of the exchanges on this connection, kept from one to
+    /// the next: moving a timer to a later time is an atomic store in
+    /// tokio's timer, making one and dropping it goes through its wheel.
+    alarm: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -461,34 +467,53 @@ impl Pool {
         self: &Arc<Self>,
         request: &Outgoing,
         connect_timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<http::Response<PooledBody>, SendError> {
         let head = encode(request, &self.host);
-        // A reused connection may have been closed by the instance while
-        // idle; a request it refused unsent goes once more, on a new one.
-        let reused = match self.take_idle() {
-            Some(mut conn) => match write(&mut conn, &head, &request.body).await {
-                Err((_, false)) => None,
-                written => Some((conn, written)),
-            },
-            None => None,
-        };
-        let (mut conn, written) = match reused {
-            Some(reused) => reused,
-            None => {
-                // Connecting is rare and its future large: boxed where it
-                // runs.
-                let mut conn = Box::pin(self.connect(connect_timeout)).await?;
-                let written = write(&mut conn, &head, &request.body).await;
-                (conn, written)
+        let mut idle = self.take_idle();
+        let mut alarm = match idle.as_mut().and_then(|conn| conn.alarm.take()) {
+            Some(mut alarm) => {
+                alarm.as_mut().reset(deadline);
+                alarm
             }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
         };
-        let method = &request.method;
-        let (head, whole) = match written {
-            Ok(whole) => (conn.read_head(method).await?, whole),
-            // An instance that will not read a body (413) may answer and
-            // close while it is being written: that answer stands.
-            Err((error, _)) => (conn.read_head(method).await.map_err(|_| error)?, false),
+        let exchange = async {
+            // A reused connection may have been closed by the instance
+            // while idle; a request it refused unsent goes once more, on a
+            // new one.
+            let reused = match idle {
+                Some(mut conn) => match write(&mut conn, &head, &request.body).await {
+                    Err((_, false)) => None,
+                    written => Some((conn, written)),
+                },
+                None => None,
+            };
+            let (mut conn, written) = match reused {
+                Some(reused) => reused,
+                None => {
+                    // Connecting is rare and its future large: boxed where
+                    // it runs.
+                    let mut conn = Box::pin(self.connect(connect_timeout)).await?;
+                    let written = write(&mut conn, &head, &request.body).await;
+                    (conn, written)
+                }
+            };
+            let method = &request.method;
+            let (head, whole) = match written {
+                Ok(whole) => (conn.read_head(method).await?, whole),
+                // An instance that will not read a body (413) may answer
+                // and close while it is being written: that answer stands.
+                Err((error, _)) => (conn.read_head(method).await.map_err(|_| error)?, false),
+            };
+            Ok::<_, SendError>((conn, head, whole))
         };
+        let (mut conn, head, whole) = tokio::select! {
+            biased;
+            done = exchange => done?,
+            () = alarm.as_mut() => return Err(SendError::TimedOut),
+        };
+        conn.alarm = Some(alarm);
         let body = PooledBody {
             conn: Some(conn),
             framing: head.framing,
@@ -520,6 +545,7 @@ impl Pool {
         Ok(Box::new(Conn {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
+            alarm: None,
         }))
     }
 
@@ -945,6 +971,11 @@ mod tests {
         stream.write_all(bytes).await
     }
 
+    /// A deadline no test here reaches.
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(30)
+    }
+
     fn outgoing(method: Method) -> Outgoing {
         Outgoing {
             method,
@@ -956,7 +987,8 @@ mod tests {
         pool: &Arc<Pool>,
         method: Method,
     ) -> Result<http::Response<PooledBody>, SendError> {
-        pool.send(&outgoing(method), Duration::from_secs(1)).await
+        pool.send(&outgoing(method), Duration::from_secs(1), far())
+            .await
     }
 
     /// The body of a GET's answer, and its trailers if any.
@@ -983,7 +1015,7 @@ mod tests {
                 body: Bytes::from(vec![b'x'; BODY_BYTES]),
                 ..outgoing(Method::POST)
             };
-            let sent = pool.send(&request, Duration::from_secs(1));
+            let sent = pool.send(&request, Duration::from_secs(1), far());
             let response = tokio::time::timeout(Duration::from_secs(10), sent)
                 .await
                 .expect("the answer is read while the body is still being written")
@@ -1004,6 +1036,29 @@ mod tests {
             assert_eq!(get(&pool).await.0, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn no_answer_by_the_deadline_is_a_timeout_and_a_kept_connection_takes_the_next() {
+        let (pool, accepted) = instance(Answer::Keep(OK)).await;
+        let request = outgoing(Method::GET);
+        for _ in 0..2 {
+            let soon = tokio::time::Instant::now() + Duration::from_millis(100);
+            let response = pool.send(&request, Duration::from_secs(1), soon);
+            let body = response.await.unwrap().into_body().collect().await.unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+            // The first exchange's deadline passes while the connection is
+            // idle; the next exchange on it has its own.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        let (silent, _) = instance(Answer::Hold(b"")).await;
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(100);
+        let sent = silent.send(&request, Duration::from_secs(1), deadline);
+        assert!(matches!(sent.await, Err(SendError::TimedOut)));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]

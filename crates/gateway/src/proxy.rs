@@ -314,18 +314,19 @@ pub(crate) async fn exchange(
             .or_else(|| service.pick(&prepared.headers))
             .ok_or_else(|| no_instance(service))?;
         let admitted = admit(service)?;
-        let sent = in_flight
-            .instance()
-            .pool
-            .send(prepared, attempts.connect_timeout);
+        let sent =
+            in_flight
+                .instance()
+                .pool
+                .send(prepared, attempts.connect_timeout, attempts.deadline);
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout_at(attempts.deadline, sent).await;
+        let outcome = sent.await;
         service.latency.observe(started.elapsed().as_secs_f64());
         settle(service, in_flight.instance(), admitted, &outcome);
         let failure = match outcome {
-            Err(_) => return Err(too_slow(service, attempts.timeout)),
-            Ok(Err(_)) => Failure::Unreachable,
-            Ok(Ok(response)) => {
+            Err(SendError::TimedOut) => return Err(too_slow(service, attempts.timeout)),
+            Err(_) => Failure::Unreachable,
+            Ok(response) => {
                 if !(safe && RETRY_STATUSES.contains(&response.status())) {
                     return Ok(response);
                 }
@@ -351,25 +352,25 @@ pub(crate) async fn exchange(
     }
 }
 
-type Outcome = Result<Result<http::Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
+type Outcome = Result<http::Response<PooledBody>, SendError>;
 
 /// An attempt's outcome, told to whom it concerns: the instance's answer
 /// counts, its failures (no answer, 5xx) lead to ejection, the breaker
 /// counts successes and failures (a timeout is one).
 fn settle(service: &Service, instance: &Instance, admitted: Admitted, outcome: &Outcome) {
     let status = match outcome {
-        Ok(Ok(response)) => Some(response.status()),
+        Ok(response) => Some(response.status()),
         _ => None,
     };
     instance.answered(status.map(|s| s.as_u16()));
     let ok = match (outcome, status) {
-        (Err(_), _) => false,
-        (Ok(Err(error)), _) => {
+        (Err(SendError::TimedOut), _) => false,
+        (Err(error), _) => {
             tracing::warn!(service = %service.name, instance = %instance.base, %error, "upstream failed");
             service.failed(instance);
             false
         }
-        (Ok(Ok(_)), status) => {
+        (Ok(_), status) => {
             let ok = !status.is_some_and(|s| s.is_server_error());
             if ok {
                 service.succeeded(instance);
@@ -444,13 +445,15 @@ async fn upgrade(
     if let Some(protocol) = protocol {
         headers.insert(header::UPGRADE, protocol);
     }
-    let sent = instance.pool.send(&prepared, route.connect_timeout);
-    let outcome = tokio::time::timeout_at(deadline, sent).await;
+    let sent = instance
+        .pool
+        .send(&prepared, route.connect_timeout, deadline);
+    let outcome = sent.await;
     settle(service, &instance, admitted, &outcome);
     let response = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(_)) => return Err(unreachable(service)),
-        Err(_) => return Err(too_slow(service, route.timeout)),
+        Ok(response) => response,
+        Err(SendError::TimedOut) => return Err(too_slow(service, route.timeout)),
+        Err(_) => return Err(unreachable(service)),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(finish(response));

@@ -388,9 +388,9 @@ async fn check(instance: &Instance, health: &HealthCheck) -> bool {
         return false;
     };
     let request = Outgoing::get(target, http::HeaderMap::new());
-    let answer =
-        tokio::time::timeout(health.timeout, instance.pool.send(&request, health.timeout)).await;
-    matches!(answer, Ok(Ok(response)) if response.status().is_success())
+    let deadline = tokio::time::Instant::now() + health.timeout;
+    let answer = instance.pool.send(&request, health.timeout, deadline).await;
+    matches!(answer, Ok(response) if response.status().is_success())
 }
 
 /// Resolves the service's DNS name every `dns_interval_ms`; a failed
