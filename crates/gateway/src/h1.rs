@@ -10,6 +10,7 @@
 //! one server's rules on the wire, hyper's for everything past the common
 //! case.
 
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -179,7 +180,7 @@ fn parse(input: &mut BytesMut) -> std::io::Result<Option<Next>> {
         {
             return Ok(Some(Next::Other));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= crate::pool::items(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            close |= crate::pool::asks_close(h.value);
         }
         *place = (at(name), at(h.value));
     }
@@ -250,17 +251,14 @@ async fn respond<IO: AsyncWrite + Unpin>(
     let (mut declared, mut close, mut dated) = (None, close, false);
     for (name, value) in &parts.headers {
         if name == header::CONNECTION {
-            close |= crate::pool::items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            close |= crate::pool::asks_close(value.as_bytes());
             continue;
         }
         if name == header::TRANSFER_ENCODING {
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            let length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            match (declared, length) {
+            match (declared, crate::pool::decimal(value.as_bytes())) {
                 (None, Some(length)) => declared = Some(length),
                 _ => continue,
             }
@@ -279,7 +277,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
     };
     match framing {
         Framing::Length(length) if declared.is_none() => {
-            line(output, b"content-length", length.to_string().as_bytes())
+            let _ = write!(output, "content-length: {length}\r\n");
         }
         Framing::Chunked => line(output, b"transfer-encoding", b"chunked"),
         _ => {}
@@ -328,7 +326,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
                     break;
                 }
                 Framing::Chunked => {
-                    output.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes())
+                    let _ = write!(output, "{:x}\r\n", data.len());
                 }
                 _ => {}
             }

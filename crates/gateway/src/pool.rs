@@ -314,10 +314,7 @@ impl Hops {
             }
         } else if is(header::CONTENT_LENGTH) {
             for item in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let n = std::str::from_utf8(item)
-                    .ok()
-                    .filter(|item| !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|item| item.parse::<u64>().ok());
+                let n = decimal(item);
                 self.length = match (&self.length, n) {
                     (Length::Absent, Some(n)) => Length::Is(n),
                     (Length::Is(earlier), Some(n)) if *earlier == n => Length::Is(n),
@@ -366,9 +363,23 @@ impl Hops {
     }
 }
 
+/// A `Content-Length` value: digits only (no sign, no space), within u64.
+pub(crate) fn decimal(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|value| value.parse().ok())
+}
+
+/// A `Connection` value asks for the connection to end after this
+/// message.
+pub(crate) fn asks_close(value: &[u8]) -> bool {
+    items(value).any(|option| option.eq_ignore_ascii_case(b"close"))
+}
+
 /// The items of one line of a comma-separated list header, trimmed,
 /// empty ones skipped.
-pub(crate) fn items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+fn items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
