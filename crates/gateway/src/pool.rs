@@ -122,7 +122,10 @@ impl Conn {
     /// The answer's head, interim (1xx but 101) answers skipped.
     async fn read_head(&mut self, method: &Method) -> Result<Head, SendError> {
         loop {
-            if let Some(head) = parse_head(&mut self.read, method)? {
+            // Nothing has come yet when the request was just written.
+            if !self.read.is_empty()
+                && let Some(head) = parse_head(&mut self.read, method)?
+            {
                 if interim(head.parts.status) {
                     continue;
                 }

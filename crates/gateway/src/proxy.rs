@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use kit::auth::Principal;
 use kit::telemetry::RouteName;
@@ -641,13 +641,20 @@ pub(crate) fn prepare(
             headers.insert(ROLES_HEADER, roles);
         }
     }
-    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let forwarded_for = match earlier {
-        Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip_text())).ok(),
-        None => Some(client.ip.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+    // One look-up for the name, whether an earlier hop set it or not.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client.ip.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let forwarded_for = match entry.get().to_str() {
+                Ok(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip_text())),
+                Err(_) => Ok(client.ip.clone()),
+            };
+            if let Ok(value) = forwarded_for {
+                entry.insert(value);
+            }
+        }
     }
     let proto = if client.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));

@@ -176,6 +176,7 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
         .header("x-tessera-user", "someone-else")
         .header("connection", "x-drop-me")
         .header("x-drop-me", "1")
+        .header("x-forwarded-for", "203.0.113.7")
         .json(&json!({}))
         .send()
         .await
@@ -190,11 +191,15 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
         "spoofed identity stripped"
     );
     assert!(headers.get("x-drop-me").is_none(), "named by Connection");
-    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1",
+        "the client added to the hops an earlier proxy named"
+    );
     assert!(headers["traceparent"].as_str().unwrap().starts_with("00-"));
 
     let me = setup.echoed("/api/v1/users/me", &token(&["user"])).await;
     assert!(me["upstream"].as_str().unwrap().starts_with("users-"));
+    assert_eq!(me["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(
         me["headers"]["x-tessera-user"],
         "01a210d3-f91f-76db-ba7d-f3c58371376b"

@@ -99,8 +99,8 @@ impl TraceContext {
     fn traceparent_bytes(&self) -> [u8; TRACEPARENT_LEN] {
         let mut out = [b'-'; TRACEPARENT_LEN];
         out[..2].copy_from_slice(b"00");
-        write_hex(&mut out[3..35], self.trace_id.0);
-        write_hex(&mut out[36..52], u128::from(self.span_id));
+        write_hex(&mut out[3..35], &self.trace_id.0.to_be_bytes());
+        write_hex(&mut out[36..52], &self.span_id.to_be_bytes());
         out[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
         out
     }
@@ -109,12 +109,24 @@ impl TraceContext {
 /// `00-` + 32 + `-` + 16 + `-` + 2.
 const TRACEPARENT_LEN: usize = 55;
 
-/// `value`'s low `out.len()` hex digits, lowercase, into `out`.
-fn write_hex(out: &mut [u8], mut value: u128) {
+/// Each byte's two lowercase hex digits: one look-up per byte, not a
+/// shift and mask per digit.
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in out.iter_mut().rev() {
-        *byte = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
+/// `bytes` (most significant first) as hex digits into `out`, which is
+/// twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
 }
 
