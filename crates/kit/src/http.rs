@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::HttpSettings;
 use crate::problem::{Code, Problem};
-use crate::telemetry::{self, Metrics, RequestLabels, RouteLabels, RouteName, TraceContext};
+use crate::telemetry::{self, Metrics, RouteName, TraceContext};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A client-supplied request id longer than this is replaced.
@@ -297,18 +297,7 @@ where
             "request"
         );
     }
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method,
-            route: route.clone(),
-            status,
-        })
-        .inc();
-    metrics
-        .latency
-        .get_or_create(&RouteLabels { method, route })
-        .observe(elapsed.as_secs_f64());
+    metrics.record(method, route, status, elapsed);
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
     headers.insert(telemetry::TRACEPARENT, trace.traceparent_header());

@@ -5,6 +5,7 @@
 //! calls carry the same trace id without threading it through every call.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -243,9 +244,34 @@ pub fn method_label(method: &http::Method) -> &'static str {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<std::sync::RwLock<Registry>>,
+    /// Told apart from other registries (tests make many) in
+    /// [`RECENT_SERIES`].
+    id: u64,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub in_flight: Gauge,
+}
+
+/// The label sets a thread last recorded requests under, at most this
+/// many; when full, it starts over.
+const RECENT_SERIES_MAX: usize = 64;
+
+/// One label set's request counter and latency histogram (handles to the
+/// families' own series).
+struct Series {
+    metrics: u64,
+    method: &'static str,
+    route: RouteName,
+    status: u16,
+    requests: Counter,
+    latency: Histogram,
+}
+
+thread_local! {
+    /// Every request records under a label set, nearly always one seen
+    /// before: found here by comparison, where a family hashes the labels
+    /// and takes its lock.
+    static RECENT_SERIES: std::cell::RefCell<Vec<Series>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Latency buckets in seconds: 1 ms to 10 s.
@@ -321,12 +347,61 @@ impl Metrics {
             "HTTP requests being served now",
             in_flight.clone(),
         );
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             registry: Arc::new(std::sync::RwLock::new(registry)),
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             requests,
             latency,
             in_flight,
         }
+    }
+
+    /// Counts a request served under `method`, `route` and `status`, and
+    /// its latency.
+    pub fn record(&self, method: &'static str, route: RouteName, status: u16, elapsed: Duration) {
+        RECENT_SERIES.with_borrow_mut(|recent| {
+            let known = recent.iter().find(|series| {
+                series.metrics == self.id
+                    && series.status == status
+                    && series.method == method
+                    && series.route == route
+            });
+            let series = match known {
+                Some(series) => series,
+                None => {
+                    if recent.len() == RECENT_SERIES_MAX {
+                        recent.clear();
+                    }
+                    let requests = self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            method,
+                            route: route.clone(),
+                            status,
+                        })
+                        .clone();
+                    let latency = self
+                        .latency
+                        .get_or_create(&RouteLabels {
+                            method,
+                            route: route.clone(),
+                        })
+                        .clone();
+                    recent.push(Series {
+                        metrics: self.id,
+                        method,
+                        route,
+                        status,
+                        requests,
+                        latency,
+                    });
+                    recent.last().expect("just pushed")
+                }
+            };
+            series.requests.inc();
+            series.latency.observe(elapsed.as_secs_f64());
+        });
     }
 
     /// Adds a service's own metric to the registry.
@@ -384,6 +459,44 @@ mod tests {
             ..ctx
         };
         assert!(sampled.traceparent().ends_with("-01"));
+    }
+
+    /// The `tessera_http_requests_total` sample of `route` and `status`.
+    fn requests_counted(metrics: &Metrics, route: &str, status: u16) -> Option<u64> {
+        let labels = format!("method=\"GET\",route=\"{route}\",status=\"{status}\"");
+        metrics
+            .encode()
+            .lines()
+            .find(|line| line.starts_with("tessera_http_requests_total{") && line.contains(&labels))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn requests_are_counted_under_their_labels_in_their_own_registry() {
+        let (one, other) = (Metrics::new("one"), Metrics::new("other"));
+        let elapsed = Duration::from_millis(3);
+        for _ in 0..3 {
+            one.record("GET", RouteName::from("/a"), 200, elapsed);
+        }
+        one.record("GET", RouteName::from("/a"), 404, elapsed);
+        other.record("GET", RouteName::from("/a"), 200, elapsed);
+        // More label sets than a thread remembers: none is lost.
+        for n in 0..RECENT_SERIES_MAX + 5 {
+            one.record(
+                "GET",
+                RouteName::from(format!("/n{n}").as_str()),
+                200,
+                elapsed,
+            );
+        }
+        one.record("GET", RouteName::from("/a"), 200, elapsed);
+        assert_eq!(requests_counted(&one, "/a", 200), Some(4));
+        assert_eq!(requests_counted(&one, "/a", 404), Some(1));
+        assert_eq!(requests_counted(&other, "/a", 200), Some(1));
+        assert_eq!(requests_counted(&one, "/n0", 200), Some(1));
+        let latency = "tessera_http_request_duration_seconds_count\
+            {role=\"one\",method=\"GET\",route=\"/a\"} 5";
+        assert!(one.encode().lines().any(|line| line == latency));
     }
 
     #[test]
