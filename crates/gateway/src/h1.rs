@@ -25,6 +25,8 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
+use crate::pool::line;
+
 /// A head not complete within this many bytes goes to hyper, whose buffer
 /// takes up to [`crate::server::HEAD_BUFFER_MAX_BYTES`].
 pub const HEAD_FAST_MAX_BYTES: usize = 16 * 1024;
@@ -351,13 +353,6 @@ async fn respond<IO: AsyncWrite + Unpin>(
         io.write_all(output).await?;
     }
     Ok(whole && !close)
-}
-
-fn line(output: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    output.extend_from_slice(name);
-    output.extend_from_slice(b": ");
-    output.extend_from_slice(value);
-    output.extend_from_slice(b"\r\n");
 }
 
 /// The `Date` header's value, written again only when the second changes.

@@ -411,11 +411,11 @@ fn encode(request: &Outgoing, host: &HeaderValue) -> Vec<u8> {
     head.extend_from_slice(request.target.as_str().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     if !request.headers.contains_key(header::HOST) {
-        line(&mut head, header::HOST.as_str(), host.as_bytes());
+        line(&mut head, header::HOST.as_str().as_bytes(), host.as_bytes());
     }
     for (name, value) in &request.headers {
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            line(&mut head, name.as_str(), value.as_bytes());
+            line(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     let carries_body = matches!(request.method, Method::POST | Method::PUT | Method::PATCH);
@@ -423,7 +423,7 @@ fn encode(request: &Outgoing, host: &HeaderValue) -> Vec<u8> {
         let length = request.body.len().to_string();
         line(
             &mut head,
-            header::CONTENT_LENGTH.as_str(),
+            header::CONTENT_LENGTH.as_str().as_bytes(),
             length.as_bytes(),
         );
     }
@@ -431,8 +431,10 @@ fn encode(request: &Outgoing, host: &HeaderValue) -> Vec<u8> {
     head
 }
 
-fn line(head: &mut Vec<u8>, name: &str, value: &[u8]) {
-    head.extend_from_slice(name.as_bytes());
+/// One header line of a head, as written on the wire (the gateway's own
+/// server loop writes its answers' with it too).
+pub(crate) fn line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");

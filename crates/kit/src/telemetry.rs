@@ -247,8 +247,8 @@ pub struct Metrics {
     /// Told apart from other registries (tests make many) in
     /// [`RECENT_SERIES`].
     id: u64,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<RouteLabels, Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
     pub in_flight: Gauge,
 }
 
@@ -361,47 +361,43 @@ impl Metrics {
     /// its latency.
     pub fn record(&self, method: &'static str, route: RouteName, status: u16, elapsed: Duration) {
         RECENT_SERIES.with_borrow_mut(|recent| {
-            let known = recent.iter().find(|series| {
+            let known = recent.iter().position(|series| {
                 series.metrics == self.id
                     && series.status == status
                     && series.method == method
                     && series.route == route
             });
-            let series = match known {
-                Some(series) => series,
-                None => {
-                    if recent.len() == RECENT_SERIES_MAX {
-                        recent.clear();
-                    }
-                    let requests = self
-                        .requests
-                        .get_or_create(&RequestLabels {
-                            method,
-                            route: route.clone(),
-                            status,
-                        })
-                        .clone();
-                    let latency = self
-                        .latency
-                        .get_or_create(&RouteLabels {
-                            method,
-                            route: route.clone(),
-                        })
-                        .clone();
-                    recent.push(Series {
-                        metrics: self.id,
-                        method,
-                        route,
-                        status,
-                        requests,
-                        latency,
-                    });
-                    recent.last().expect("just pushed")
+            let at = known.unwrap_or_else(|| {
+                if recent.len() == RECENT_SERIES_MAX {
+                    recent.clear();
                 }
-            };
-            series.requests.inc();
-            series.latency.observe(elapsed.as_secs_f64());
+                recent.push(self.series(method, route, status));
+                recent.len() - 1
+            });
+            recent[at].requests.inc();
+            recent[at].latency.observe(elapsed.as_secs_f64());
         });
+    }
+
+    /// Handles to the families' series of one label set.
+    fn series(&self, method: &'static str, route: RouteName, status: u16) -> Series {
+        let requests = RequestLabels {
+            method,
+            route: route.clone(),
+            status,
+        };
+        let latency = RouteLabels {
+            method,
+            route: route.clone(),
+        };
+        Series {
+            metrics: self.id,
+            method,
+            route,
+            status,
+            requests: self.requests.get_or_create(&requests).clone(),
+            latency: self.latency.get_or_create(&latency).clone(),
+        }
     }
 
     /// Adds a service's own metric to the registry.
