@@ -570,7 +570,9 @@ where
     for name in CONDITIONAL {
         request.headers_mut().remove(name);
     }
-    let response = fetch(request).await?;
+    let mut response = fetch(request).await?;
+    // The instance's header lines are read here: into the answer's map.
+    crate::pool::whole_headers(&mut response);
     let declared = response
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -579,7 +581,6 @@ where
         .filter(|_| response.status() == StatusCode::OK)
         .filter(|_| declared.is_some_and(|n| n <= cache.entry_bytes_max));
     let Some(keep_for) = keep_for else {
-        let mut response = response;
         status(&mut response, "fwd=miss");
         return Ok(response);
     };

@@ -221,6 +221,28 @@ fn restore(input: &mut BytesMut, head: &[u8]) {
     *input = whole;
 }
 
+/// The headers this loop reads while writing an answer's head.
+enum Framer {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+}
+
+impl Framer {
+    /// Which one `name` (any case) is, if any.
+    fn of(name: &[u8]) -> Option<Self> {
+        let is = |header: HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+        match name.len() {
+            4 if is(header::DATE) => Some(Self::Date),
+            10 if is(header::CONNECTION) => Some(Self::Connection),
+            14 if is(header::CONTENT_LENGTH) => Some(Self::ContentLength),
+            17 if is(header::TRANSFER_ENCODING) => Some(Self::TransferEncoding),
+            _ => None,
+        }
+    }
+}
+
 /// How an answer's body is delimited on the wire.
 #[derive(Clone, Copy, PartialEq)]
 enum Framing {
@@ -238,7 +260,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
     head: bool,
     close: bool,
 ) -> std::io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     output.clear();
     output.extend_from_slice(b"HTTP/1.1 ");
@@ -251,22 +273,37 @@ async fn respond<IO: AsyncWrite + Unpin>(
     // `Transfer-Encoding` are this loop's to write, and a `Content-Length`
     // only counts (and is written) once, when it is a number.
     let (mut declared, mut close, mut dated) = (None, close, false);
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION {
-            close |= crate::pool::asks_close(value.as_bytes());
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            match (declared, crate::pool::decimal(value.as_bytes())) {
-                (None, Some(length)) => declared = Some(length),
-                _ => continue,
+    let mut write = |name: &[u8], value: &[u8]| {
+        match Framer::of(name) {
+            Some(Framer::Connection) => {
+                close |= crate::pool::asks_close(value);
+                return;
             }
+            Some(Framer::TransferEncoding) => return,
+            Some(Framer::ContentLength) => match (declared, crate::pool::decimal(value)) {
+                (None, Some(length)) => declared = Some(length),
+                _ => return,
+            },
+            Some(Framer::Date) => dated = true,
+            None => {}
         }
-        dated |= name == header::DATE;
-        line(output, name.as_str().as_bytes(), value.as_bytes());
+        line(output, name, value);
+    };
+    // An instance's header lines as they came, but those the gateway set
+    // anew; then the gateway's.
+    if let Some(lines) = parts.extensions.remove::<crate::pool::Lines>() {
+        let set = |name: &[u8]| {
+            parts
+                .headers
+                .keys()
+                .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+        };
+        for (name, value) in lines.iter().filter(|(name, _)| !set(name)) {
+            write(name, value);
+        }
+    }
+    for (name, value) in &parts.headers {
+        write(name.as_str().as_bytes(), value.as_bytes());
     }
     let bodiless = head
         || status.is_informational()

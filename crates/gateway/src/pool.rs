@@ -168,10 +168,11 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// An answer's head as the gateway passes it on: its parts without the
-/// headers that were for this connection only (hop-by-hop ones), but for
-/// a protocol switch's, whose own they are; how its body is delimited;
-/// and whether the connection may carry another exchange after it.
+/// An answer's head as the gateway passes it on: its status and version,
+/// its header lines ([`Lines`], in its extensions) without those that were
+/// for this connection only (hop-by-hop ones), but for a protocol
+/// switch's, whose own they are; how its body is delimited; and whether
+/// the connection may carry another exchange after it.
 struct Head {
     parts: http::response::Parts,
     framing: Framing,
@@ -200,34 +201,35 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Send
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let spans = spans(read, parsed.headers);
+    let mut spans = spans(read, parsed.headers);
     let block = read.split_to(len).freeze();
     let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut hops = Hops::default();
+    for &(name_start, name_end, value_start, value_end) in &spans {
+        hops.read(&block[name_start..name_end], &block[value_start..value_end]);
+    }
+    if !switched {
+        // What `Connection` names besides the hop-by-hop headers (rare).
+        let named: Vec<&[u8]> = match hops.names_others {
+            false => Vec::new(),
+            true => spans
+                .iter()
+                .filter(|&&(start, end, ..)| {
+                    block[start..end].eq_ignore_ascii_case(header::CONNECTION.as_str().as_bytes())
+                })
+                .flat_map(|&(.., value_start, value_end)| items(&block[value_start..value_end]))
+                .collect(),
+        };
+        spans.retain(|&(start, end, ..)| {
+            let name = &block[start..end];
+            !is_hop_by_hop(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        });
+    }
+    let (framing, reusable) = hops.framing(method, status, version)?;
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
-    let headers = response.headers_mut();
-    headers.reserve(spans.len());
-    // One pass: the headers that frame the body and say what becomes of
-    // the connection are read, the hop-by-hop ones left out.
-    let mut hops = Hops::default();
-    headers_into(&block, &spans, headers, |name, value| {
-        hops.read(name, value);
-        switched || !is_hop_by_hop(name)
-    })?;
-    if hops.names_others && !switched {
-        let connection = spans.iter().filter(|&&(start, end, ..)| {
-            block[start..end].eq_ignore_ascii_case(header::CONNECTION.as_str().as_bytes())
-        });
-        for &(.., value_start, value_end) in connection {
-            for name in items(&block[value_start..value_end]) {
-                if let Ok(name) = HeaderName::from_bytes(name) {
-                    headers.remove(name);
-                }
-            }
-        }
-    }
-    let (framing, reusable) = hops.framing(method, status, version)?;
+    response.extensions_mut().insert(Lines { block, spans });
     Ok(Some(Head {
         parts: response.into_parts().0,
         framing,
@@ -253,25 +255,59 @@ fn spans(block: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
 /// A header's name and value, as offsets: start and end of each.
 type Span = (usize, usize, usize, usize);
 
-/// The headers at `spans` of `block` that `keep` keeps (given each name
-/// and value), added to `headers`.
-fn headers_into(
-    block: &Bytes,
-    spans: &[Span],
-    headers: &mut HeaderMap,
-    mut keep: impl FnMut(&[u8], &[u8]) -> bool,
-) -> Result<(), SendError> {
-    for &(name_start, name_end, value_start, value_end) in spans {
-        let name = &block[name_start..name_end];
-        if !keep(name, &block[value_start..value_end]) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| SendError::Invalid("a header name"))?;
-        let value = HeaderValue::from_maybe_shared(block.slice(value_start..value_end))
-            .map_err(|_| SendError::Invalid("a header value"))?;
-        headers.append(name, value);
+/// Header lines as an instance wrote them (names in its case, in its
+/// order), sharing the bytes of the head they came in. An answer's come in
+/// its extensions rather than in its header map: most answers go to the
+/// client with their headers as they came, and making a map of them only
+/// to write them out again was a sixth of a proxied request's work. What
+/// reads or changes an answer's headers takes them into its map first,
+/// with [`whole_headers`]; the gateway's HTTP/1.1 loop writes them as
+/// they are, then the map's.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    block: Bytes,
+    spans: Vec<Span>,
+}
+
+impl Lines {
+    /// Each line's name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|&(name_start, name_end, value_start, value_end)| {
+                (
+                    &self.block[name_start..name_end],
+                    &self.block[value_start..value_end],
+                )
+            })
     }
-    Ok(())
+
+    /// The lines as a header map. httparse let through only names that
+    /// are tokens and values without control characters, the grammar
+    /// `HeaderName` and `HeaderValue` check: no line fails their checks,
+    /// and one that did would be left out rather than stop the answer.
+    fn into_map(self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.len());
+        for (name_start, name_end, value_start, value_end) in self.spans {
+            let name = HeaderName::from_bytes(&self.block[name_start..name_end]);
+            let value = HeaderValue::from_maybe_shared(self.block.slice(value_start..value_end));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+}
+
+/// All of an answer's headers in its map: an instance's [`Lines`] taken
+/// into it, and what the gateway had set there before (which replaces
+/// the instance's lines of the same name).
+pub fn whole_headers<B>(response: &mut http::Response<B>) -> &mut HeaderMap {
+    if let Some(lines) = response.extensions_mut().remove::<Lines>() {
+        let set = std::mem::replace(response.headers_mut(), lines.into_map());
+        response.headers_mut().extend(set);
+    }
+    response.headers_mut()
 }
 
 /// What an answer's `Connection`, `Transfer-Encoding` and
@@ -762,10 +798,7 @@ fn trailers(read: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
         Err(_) => return Err(invalid("malformed trailers")),
     };
     let block = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    headers_into(&block, &spans, &mut headers, |_, _| true)
-        .map_err(|_| invalid("malformed trailers"))?;
-    Ok(Some(headers))
+    Ok(Some(Lines { block, spans }.into_map()))
 }
 
 /// An answer's body, read from its connection as it is asked for. Read to
@@ -1131,18 +1164,22 @@ mod tests {
               x-secret: 1\r\ncontent-type: text/plain\r\nte: trailers\r\ncontent-length: 2\r\n\r\nok",
         ))
         .await;
-        let response = send(&pool, Method::GET).await.unwrap();
-        let mut names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        let mut response = send(&pool, Method::GET).await.unwrap();
+        let mut names: Vec<&str> = whole_headers(&mut response)
+            .keys()
+            .map(|n| n.as_str())
+            .collect();
         names.sort_unstable();
         assert_eq!(names, ["content-length", "content-type"]);
         let (pool, _) = instance(Answer::Hold(
             b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
         ))
         .await;
-        let response = send(&pool, Method::GET).await.unwrap();
+        let mut response = send(&pool, Method::GET).await.unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-        assert_eq!(response.headers()["connection"], "upgrade");
-        assert_eq!(response.headers()["upgrade"], "websocket");
+        let headers = whole_headers(&mut response);
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["upgrade"], "websocket");
     }
 
     #[tokio::test]
@@ -1179,8 +1216,8 @@ mod tests {
         ))
         .await;
         for _ in 0..2 {
-            let response = send(&pool, Method::HEAD).await.unwrap();
-            assert_eq!(response.headers()["content-length"], "5");
+            let mut response = send(&pool, Method::HEAD).await.unwrap();
+            assert_eq!(whole_headers(&mut response)["content-length"], "5");
             assert!(
                 response
                     .into_body()

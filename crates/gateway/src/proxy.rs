@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::breaker::Admitted;
 use crate::cors::{Cors, Verdict};
-use crate::pool::{Outgoing, PooledBody, SendError, header_list, is_hop_by_hop};
+use crate::pool::{Outgoing, PooledBody, SendError, header_list, is_hop_by_hop, whole_headers};
 use crate::ratelimit::LimitKey;
 use crate::routes::{AuthPolicy, Matched, RESERVED_PREFIX, Route, RouteTable, Target};
 use crate::server::Client;
@@ -93,7 +93,7 @@ fn cors_decorated(
     mut response: Response,
 ) -> Response {
     if let (Some(cors), Some(origin)) = (&snapshot.cors, origin) {
-        cors.decorate(response.headers_mut(), origin);
+        cors.decorate(whole_headers(&mut response), origin);
     }
     response
 }
@@ -450,7 +450,7 @@ async fn upgrade(
         .send(&prepared, route.connect_timeout, deadline);
     let outcome = sent.await;
     settle(service, &instance, admitted, &outcome);
-    let response = match outcome {
+    let mut response = match outcome {
         Ok(response) => response,
         Err(SendError::TimedOut) => return Err(too_slow(service, route.timeout)),
         Err(_) => return Err(unreachable(service)),
@@ -458,12 +458,13 @@ async fn upgrade(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(finish(response));
     }
-    let (mut parts, body) = response.into_parts();
+    // The switch's own headers (Connection, Upgrade) go back as they came,
+    // through hyper, which writes only a header map.
+    whole_headers(&mut response).remove(header::TRANSFER_ENCODING);
+    let (parts, body) = response.into_parts();
     let Some(upstream) = body.switched() else {
         return Err(unreachable(service));
     };
-    // The switch's own headers (Connection, Upgrade) go back as they came.
-    parts.headers.remove(header::TRANSFER_ENCODING);
     let route_name = route.name.clone();
     tokio::spawn(async move {
         let (_permit, _in_flight) = (permit, in_flight);
@@ -482,7 +483,8 @@ async fn upgrade(
 }
 
 /// The upstream's answer as the client gets it (the pool has left out
-/// what was for its connection).
+/// what was for its connection). Its header lines stay as they came
+/// ([`crate::pool::Lines`]) until something reads them.
 fn finish(response: http::Response<PooledBody>) -> Response {
     response.map(Body::new)
 }

@@ -249,6 +249,11 @@ impl hyper::service::Service<http::Request<Incoming>> for PerConnection {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.answer(request.map(Body::new)).await) })
+        Box::pin(async move {
+            let mut response = this.answer(request.map(Body::new)).await;
+            // hyper writes a header map only.
+            crate::pool::whole_headers(&mut response);
+            Ok(response)
+        })
     }
 }

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 const KEY: [u8; 32] = [7; 32];
 
-/// An upstream that answers every request with what it received.
+/// An upstream that answers every request with what it received;
+/// `/turns/decorated` with headers of its own, some of them the gateway's
+/// to set.
 fn echo(name: &'static str) -> Router {
     let echo = move |request: Request| async move {
         let headers: serde_json::Map<String, Value> = request
@@ -29,6 +31,18 @@ fn echo(name: &'static str) -> Router {
         }))
     };
     kit::testing::jwks_router(&SigningKey::from_bytes(&KEY), "k1")
+        .route(
+            "/turns/decorated",
+            get(|| async {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("vary", "accept-encoding".parse().unwrap());
+                headers.insert("access-control-allow-origin", "*".parse().unwrap());
+                headers.insert("x-request-id", "theirs".parse().unwrap());
+                headers.append("x-custom", "a".parse().unwrap());
+                headers.append("x-custom", "b".parse().unwrap());
+                (headers, "decorated")
+            }),
+        )
         .route(
             "/api/v1/users/slow",
             get(|| async {
@@ -451,6 +465,55 @@ async fn cross_origin_requests_from_allowed_origins_only() {
             .get("access-control-allow-origin")
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn an_upstreams_headers_pass_on_but_those_the_gateway_sets() {
+    let setup = setup().await;
+    let shop = "https://shop.example";
+    // The gateway's own HTTP/1.1 loop writes the instance's header lines as
+    // they came; hyper (HTTP/2 here) writes a map made of them.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (&setup.http, reqwest::Version::HTTP_11),
+        (&h2, reqwest::Version::HTTP_2),
+    ] {
+        for origin in [None, Some(shop)] {
+            let mut request = client
+                .get(setup.gateway.url("/turns/decorated"))
+                .header("x-request-id", "ours");
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.version(), version);
+            let headers = answer.headers();
+            let all = |name: &str| -> Vec<&str> {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect()
+            };
+            assert_eq!(all("x-custom"), ["a", "b"], "{version:?} {origin:?}");
+            assert_eq!(all("x-request-id"), ["ours"], "{version:?} {origin:?}");
+            assert_eq!(all("traceparent").len(), 1, "{version:?} {origin:?}");
+            let (vary, allowed): (&[&str], _) = match origin {
+                None => (&["accept-encoding"], "*"),
+                Some(origin) => (&["accept-encoding", "origin"], origin),
+            };
+            assert_eq!(all("vary"), vary, "{version:?} {origin:?}");
+            assert_eq!(
+                all("access-control-allow-origin"),
+                [allowed],
+                "{version:?} {origin:?}"
+            );
+            assert_eq!(answer.text().await.unwrap(), "decorated");
+        }
+    }
 }
 
 #[tokio::test]
