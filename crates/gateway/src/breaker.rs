@@ -111,10 +111,9 @@ impl Breaker {
         }
     }
 
-    /// Leave to send a request, or how long until the breaker may let one
-    /// through.
-    pub fn admit(&self) -> Result<Admitted, Duration> {
-        let now = Instant::now();
+    /// Leave to send a request at `now`, or how long until the breaker may
+    /// let one through.
+    pub fn admit(&self, now: Instant) -> Result<Admitted, Duration> {
         let mut inner = self.lock();
         match inner.phase {
             Phase::Closed => Ok(Admitted { probe: false }),
@@ -138,8 +137,7 @@ impl Breaker {
     }
 
     /// How the admitted request went.
-    pub fn record(&self, admitted: Admitted, success: bool) {
-        let now = Instant::now();
+    pub fn record(&self, admitted: Admitted, success: bool, now: Instant) {
         let mut inner = self.lock();
         if admitted.probe {
             if let Phase::HalfOpen {
@@ -215,8 +213,8 @@ mod tests {
     }
 
     fn outcome(breaker: &Breaker, success: bool) {
-        let admitted = breaker.admit().expect("admitted");
-        breaker.record(admitted, success);
+        let admitted = breaker.admit(Instant::now()).expect("admitted");
+        breaker.record(admitted, success, Instant::now());
     }
 
     #[test]
@@ -229,16 +227,19 @@ mod tests {
         outcome(&breaker, false);
         assert_eq!(breaker.state(), BreakerState::Open, "3 of 4 failed");
         assert_eq!(breaker.gauge.get(), 1);
-        let wait = breaker.admit().unwrap_err();
+        let wait = breaker.admit(Instant::now()).unwrap_err();
         assert!(wait <= Duration::from_millis(100));
         std::thread::sleep(Duration::from_millis(120));
-        let first = breaker.admit().unwrap();
-        let second = breaker.admit().unwrap();
-        assert!(breaker.admit().is_err(), "only 2 probes at a time");
+        let first = breaker.admit(Instant::now()).unwrap();
+        let second = breaker.admit(Instant::now()).unwrap();
+        assert!(
+            breaker.admit(Instant::now()).is_err(),
+            "only 2 probes at a time"
+        );
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert_eq!(breaker.gauge.get(), 2);
-        breaker.record(first, true);
-        breaker.record(second, true);
+        breaker.record(first, true, Instant::now());
+        breaker.record(second, true, Instant::now());
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert_eq!(breaker.gauge.get(), 0);
         outcome(&breaker, false);

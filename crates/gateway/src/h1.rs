@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -232,14 +232,14 @@ enum Framer {
 impl Framer {
     /// Which one `name` (any case) is, if any.
     fn of(name: &[u8]) -> Option<Self> {
-        let is = |header: HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
-        match name.len() {
-            4 if is(header::DATE) => Some(Self::Date),
-            10 if is(header::CONNECTION) => Some(Self::Connection),
-            14 if is(header::CONTENT_LENGTH) => Some(Self::ContentLength),
-            17 if is(header::TRANSFER_ENCODING) => Some(Self::TransferEncoding),
-            _ => None,
-        }
+        let (framer, lowercase): (_, &[u8]) = match name.len() {
+            4 => (Self::Date, b"date"),
+            10 => (Self::Connection, b"connection"),
+            14 => (Self::ContentLength, b"content-length"),
+            17 => (Self::TransferEncoding, b"transfer-encoding"),
+            _ => return None,
+        };
+        name.eq_ignore_ascii_case(lowercase).then_some(framer)
     }
 }
 

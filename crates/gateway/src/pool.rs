@@ -446,10 +446,15 @@ fn encode(request: &Outgoing, host: &HeaderValue) -> Vec<u8> {
     head.push(b' ');
     head.extend_from_slice(request.target.as_str().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !request.headers.contains_key(header::HOST) {
+    // HTTP/1.1 clients send `Host` first, and the map keeps their order:
+    // most requests are told by one comparison, not a look-up.
+    let headers = &request.headers;
+    let named_host =
+        headers.keys().next() == Some(&header::HOST) || headers.contains_key(header::HOST);
+    if !named_host {
         line(&mut head, header::HOST.as_str().as_bytes(), host.as_bytes());
     }
-    for (name, value) in &request.headers {
+    for (name, value) in headers {
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             line(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }

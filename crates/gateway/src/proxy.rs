@@ -4,7 +4,7 @@
 //! answer. Every refusal is a problem+json; every upstream failure says
 //! which it was (502 unreachable, 504 too slow, 503 nothing to send to).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -158,7 +158,7 @@ async fn forward(
             None => None,
         };
         shared
-            .unwrap_or_else(|| limiter.check(key, std::time::Instant::now()))
+            .unwrap_or_else(|| limiter.check(key, Instant::now()))
             .map_err(|wait| {
                 route.rate_limited.inc();
                 Problem::new(Code::RateLimited)
@@ -304,25 +304,29 @@ pub(crate) async fn exchange(
     safe: bool,
     attempts: &Attempts<'_>,
 ) -> Result<http::Response<PooledBody>, Problem> {
-    service.budget.deposit();
+    // The clock is read once before each attempt and once after: the
+    // budget, the balancer, the breaker and the latency share the readings.
+    let mut now = Instant::now();
+    service.budget.deposit(now);
     let mut tried = Vec::new();
     let mut retries = 0;
     loop {
         // Another instance if there is one left; else any.
         let in_flight = service
-            .pick_except(&tried, &prepared.headers)
-            .or_else(|| service.pick(&prepared.headers))
+            .pick_except(&tried, &prepared.headers, now)
+            .or_else(|| service.pick(&prepared.headers, now))
             .ok_or_else(|| no_instance(service))?;
-        let admitted = admit(service)?;
+        let admitted = admit(service, now)?;
         let sent =
             in_flight
                 .instance()
                 .pool
                 .send(prepared, attempts.connect_timeout, attempts.deadline);
-        let started = std::time::Instant::now();
+        let started = now;
         let outcome = sent.await;
-        service.latency.observe(started.elapsed().as_secs_f64());
-        settle(service, in_flight.instance(), admitted, &outcome);
+        now = Instant::now();
+        service.latency.observe((now - started).as_secs_f64());
+        settle(service, in_flight.instance(), admitted, &outcome, now);
         let failure = match outcome {
             Err(SendError::TimedOut) => return Err(too_slow(service, attempts.timeout)),
             Err(_) => Failure::Unreachable,
@@ -333,9 +337,9 @@ pub(crate) async fn exchange(
                 Failure::Answered(response)
             }
         };
-        let retry = safe && retries < attempts.retries && service.budget.try_withdraw();
+        let retry = safe && retries < attempts.retries && service.budget.try_withdraw(now);
         let wait = retry::backoff(retries + 1, attempts.backoff);
-        if !retry || tokio::time::Instant::now() + wait >= attempts.deadline {
+        if !retry || tokio::time::Instant::from_std(now) + wait >= attempts.deadline {
             return match failure {
                 Failure::Answered(response) => Ok(response),
                 Failure::Unreachable => Err(unreachable(service)),
@@ -349,6 +353,7 @@ pub(crate) async fn exchange(
         attempts.retried.inc();
         tracing::debug!(service = %service.name, retries, "retrying on another instance");
         tokio::time::sleep(wait).await;
+        now = Instant::now();
     }
 }
 
@@ -356,8 +361,14 @@ type Outcome = Result<http::Response<PooledBody>, SendError>;
 
 /// An attempt's outcome, told to whom it concerns: the instance's answer
 /// counts, its failures (no answer, 5xx) lead to ejection, the breaker
-/// counts successes and failures (a timeout is one).
-fn settle(service: &Service, instance: &Instance, admitted: Admitted, outcome: &Outcome) {
+/// counts successes and failures (a timeout is one), as of `now`.
+fn settle(
+    service: &Service,
+    instance: &Instance,
+    admitted: Admitted,
+    outcome: &Outcome,
+    now: Instant,
+) {
     let status = match outcome {
         Ok(response) => Some(response.status()),
         _ => None,
@@ -380,11 +391,11 @@ fn settle(service: &Service, instance: &Instance, admitted: Admitted, outcome: &
             ok
         }
     };
-    service.breaker.record(admitted, ok);
+    service.breaker.record(admitted, ok, now);
 }
 
-fn admit(service: &Service) -> Result<Admitted, Problem> {
-    service.breaker.admit().map_err(|wait| {
+fn admit(service: &Service, now: Instant) -> Result<Admitted, Problem> {
+    service.breaker.admit(now).map_err(|wait| {
         Problem::new(Code::CircuitOpen)
             .detail(format!(
                 "{} is failing; requests to it are refused",
@@ -435,10 +446,11 @@ async fn upgrade(
     let client_side = hyper::upgrade::on(&mut request);
     let deadline = tokio::time::Instant::now() + route.timeout;
     let mut prepared = read_and_prepare(request, client, caller, route.body_max_bytes).await?;
+    let now = Instant::now();
     let in_flight = service
-        .pick(&prepared.headers)
+        .pick(&prepared.headers, now)
         .ok_or_else(|| no_instance(service))?;
-    let admitted = admit(service)?;
+    let admitted = admit(service, now)?;
     let instance = in_flight.instance().clone();
     let headers = &mut prepared.headers;
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -449,7 +461,7 @@ async fn upgrade(
         .pool
         .send(&prepared, route.connect_timeout, deadline);
     let outcome = sent.await;
-    settle(service, &instance, admitted, &outcome);
+    settle(service, &instance, admitted, &outcome, Instant::now());
     let mut response = match outcome {
         Ok(response) => response,
         Err(SendError::TimedOut) => return Err(too_slow(service, route.timeout)),
@@ -577,16 +589,16 @@ pub(crate) async fn read_body(
         Problem::new(Code::PayloadTooLarge)
             .detail(format!("this route takes at most {body_max_bytes} bytes"))
     };
+    // Most requests have no body (nor a length to look up): reading one is
+    // boxed where it happens, so that the request's future stays small.
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > body_max_bytes) {
         return Err(too_large());
-    }
-    // Most requests have no body: reading one is boxed where it happens,
-    // so that the request's future stays small.
-    if hyper::body::Body::is_end_stream(&body) {
-        return Ok(Bytes::new());
     }
     Box::pin(axum::body::to_bytes(body, body_max_bytes))
         .await

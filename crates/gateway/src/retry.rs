@@ -66,10 +66,10 @@ impl RetryBudget {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut u64) -> T) -> T {
+    /// `f` on the tokens, those earned by `now` added.
+    fn with<T>(&self, now: Instant, f: impl FnOnce(&mut u64) -> T) -> T {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *state;
-        let now = Instant::now();
         let earned = now.duration_since(*last).as_micros() as u64 * self.per_second / 1_000_000;
         if earned > 0 {
             *tokens = (*tokens + earned).min(BUDGET_CAP * UNIT);
@@ -78,14 +78,16 @@ impl RetryBudget {
         f(tokens)
     }
 
-    /// A request was sent (not a retry).
-    pub fn deposit(&self) {
-        self.with(|tokens| *tokens = (*tokens + self.per_request).min(BUDGET_CAP * UNIT));
+    /// A request was sent (not a retry) at `now`.
+    pub fn deposit(&self, now: Instant) {
+        self.with(now, |tokens| {
+            *tokens = (*tokens + self.per_request).min(BUDGET_CAP * UNIT)
+        });
     }
 
-    /// Takes one retry if the budget has it.
-    pub fn try_withdraw(&self) -> bool {
-        self.with(|tokens| {
+    /// Takes one retry if the budget has it at `now`.
+    pub fn try_withdraw(&self, now: Instant) -> bool {
+        self.with(now, |tokens| {
             let ok = *tokens >= UNIT;
             if ok {
                 *tokens -= UNIT;
@@ -125,21 +127,24 @@ mod tests {
     #[test]
     fn the_budget_is_a_fifth_of_requests() {
         let budget = RetryBudget::new(BUDGET_RATIO, 0.0);
-        assert!(!budget.try_withdraw());
+        assert!(!budget.try_withdraw(Instant::now()));
         for _ in 0..10 {
-            budget.deposit();
+            budget.deposit(Instant::now());
         }
         // 10 requests earn 2 retries.
-        assert!(budget.try_withdraw());
-        assert!(budget.try_withdraw());
-        assert!(!budget.try_withdraw());
+        assert!(budget.try_withdraw(Instant::now()));
+        assert!(budget.try_withdraw(Instant::now()));
+        assert!(!budget.try_withdraw(Instant::now()));
         let floor = RetryBudget::new(0.0, 2.0);
         assert!(
-            floor.try_withdraw() && floor.try_withdraw(),
+            floor.try_withdraw(Instant::now()) && floor.try_withdraw(Instant::now()),
             "a second's floor to start"
         );
-        assert!(!floor.try_withdraw());
+        assert!(!floor.try_withdraw(Instant::now()));
         std::thread::sleep(Duration::from_millis(600));
-        assert!(floor.try_withdraw(), "time alone earns retries");
+        assert!(
+            floor.try_withdraw(Instant::now()),
+            "time alone earns retries"
+        );
     }
 }

@@ -296,18 +296,22 @@ impl Service {
     /// An instance for a request with `headers`, by the service's
     /// [`Balance`]; least outstanding requests of two at random when that
     /// leaves the choice open. None when there is no instance.
-    pub fn pick(&self, headers: &HeaderMap) -> Option<InFlight> {
-        self.pick_except(&[], headers)
+    pub fn pick(&self, headers: &HeaderMap, now: Instant) -> Option<InFlight> {
+        self.pick_except(&[], headers, now)
     }
 
     /// As [`Service::pick`], among the instances not in `tried` (a retry
     /// goes elsewhere). None when none is left. Ejected and unhealthy
     /// instances are left out, unless every instance is: then all take
     /// traffic again (better a chance than a certain 503).
-    pub fn pick_except(&self, tried: &[Arc<Instance>], headers: &HeaderMap) -> Option<InFlight> {
+    pub fn pick_except(
+        &self,
+        tried: &[Arc<Instance>],
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<InFlight> {
         let members = self.members.load();
         let instances = &members.instances;
-        let now = Instant::now();
         let any_in = instances.iter().any(|i| i.takes_traffic(now));
         let candidate = |i: &Arc<Instance>| {
             (!any_in || i.takes_traffic(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, i))
@@ -407,10 +411,10 @@ mod tests {
     fn the_less_busy_of_two_wins_and_release_counts_down() {
         let service = Service::new("s", &["http://a/", "http://b"]);
         assert_eq!(service.instance(0).base, "http://a");
-        let busy = service.pick(&HeaderMap::new()).unwrap();
+        let busy = service.pick(&HeaderMap::new(), Instant::now()).unwrap();
         // With two instances both are always compared: the idle one wins.
         for _ in 0..20 {
-            let next = service.pick(&HeaderMap::new()).unwrap();
+            let next = service.pick(&HeaderMap::new(), Instant::now()).unwrap();
             assert!(!Arc::ptr_eq(next.instance(), busy.instance()));
         }
         drop(busy);
@@ -426,14 +430,26 @@ mod tests {
     #[test]
     fn a_retry_goes_to_an_instance_not_yet_tried() {
         let service = Service::new("s", &["http://a", "http://b"]);
-        let first = service.pick(&HeaderMap::new()).unwrap();
+        let first = service.pick(&HeaderMap::new(), Instant::now()).unwrap();
         let other = service
-            .pick_except(&[first.instance().clone()], &HeaderMap::new())
+            .pick_except(
+                &[first.instance().clone()],
+                &HeaderMap::new(),
+                Instant::now(),
+            )
             .unwrap();
         assert!(!Arc::ptr_eq(other.instance(), first.instance()));
         let both = [first.instance().clone(), other.instance().clone()];
-        assert!(service.pick_except(&both, &HeaderMap::new()).is_none());
-        assert!(Service::new("e", &[]).pick(&HeaderMap::new()).is_none());
+        assert!(
+            service
+                .pick_except(&both, &HeaderMap::new(), Instant::now())
+                .is_none()
+        );
+        assert!(
+            Service::new("e", &[])
+                .pick(&HeaderMap::new(), Instant::now())
+                .is_none()
+        );
     }
 
     fn three() -> Service {
@@ -456,7 +472,7 @@ mod tests {
         assert!(a.is_ejected(Instant::now()));
         assert_eq!(a.ejections(), 1);
         for _ in 0..100 {
-            let picked = service.pick(&HeaderMap::new()).unwrap();
+            let picked = service.pick(&HeaderMap::new(), Instant::now()).unwrap();
             assert!(
                 !Arc::ptr_eq(picked.instance(), &a),
                 "an ejected instance takes nothing"
@@ -477,12 +493,12 @@ mod tests {
         service.instance(0).set_healthy(false);
         service.instance(1).set_healthy(false);
         for _ in 0..50 {
-            let picked = service.pick(&HeaderMap::new()).unwrap();
+            let picked = service.pick(&HeaderMap::new(), Instant::now()).unwrap();
             assert!(Arc::ptr_eq(picked.instance(), &service.instance(2)));
         }
         service.instance(2).set_healthy(false);
         assert!(
-            service.pick(&HeaderMap::new()).is_some(),
+            service.pick(&HeaderMap::new(), Instant::now()).is_some(),
             "all down: all take traffic again"
         );
     }
