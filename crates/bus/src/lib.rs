@@ -95,7 +95,8 @@ where
         };
         let trace =
             kit::telemetry::TraceContext::continue_or_start(delivery.event.traceparent.as_deref());
-        let outcome = kit::telemetry::in_trace(trace, handle(delivery.event.clone())).await;
+        let traced = kit::telemetry::Traced::new(trace);
+        let outcome = kit::telemetry::in_trace(traced, handle(delivery.event.clone())).await;
         let settled = match outcome {
             Ok(()) => delivery.ack().await,
             Err(reason) => {

@@ -146,26 +146,21 @@ fn interim(status: StatusCode) -> bool {
     status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): meant for one connection, never
-/// forwarded; also those the `Connection` header names. Lowercase, as
-/// header names are kept.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// `name` (any case) is one of [`HOP_BY_HOP`]: compared by length first,
-/// so that most names are told apart without looking at their bytes.
+/// `name` (any case) is a hop-by-hop header (RFC 9110 §7.6.1: meant for
+/// one connection, never forwarded; so are those the `Connection` header
+/// names). Told by its length first, so that most names are compared with
+/// none of them, and none with more than two.
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// An answer's head as the gateway passes it on: its status and version,
@@ -404,10 +399,13 @@ impl Hops {
 
 /// A `Content-Length` value: digits only (no sign, no space), within u64.
 pub(crate) fn decimal(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|value| value.parse().ok())
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// A `Connection` value asks for the connection to end after this
@@ -1281,6 +1279,53 @@ mod tests {
             let (pool, _) = instance(Answer::Close(answer)).await;
             let response = send(&pool, Method::GET).await.unwrap();
             assert!(response.into_body().collect().await.is_err());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_told_in_any_case_and_no_others() {
+        let hops = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        for hop in hops {
+            assert!(is_hop_by_hop(hop.as_bytes()), "{hop}");
+            assert!(is_hop_by_hop(hop.to_ascii_uppercase().as_bytes()), "{hop}");
+        }
+        for other in [
+            "",
+            "tf",
+            "trailers",
+            "upgrades",
+            "content-length",
+            "x-connection",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_content_length_is_digits_within_u64() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"0042"), Some(42));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x1",
+        ] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -672,8 +672,8 @@ pub(crate) fn prepare(
     }
     let proto = if client.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(trace) = kit::telemetry::current_trace() {
-        headers.insert(kit::telemetry::TRACEPARENT, trace.traceparent_header());
+    if let Some(traceparent) = kit::telemetry::current_traceparent() {
+        headers.insert(kit::telemetry::TRACEPARENT, traceparent);
     }
     Outgoing {
         method: parts.method,

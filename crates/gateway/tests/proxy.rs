@@ -196,6 +196,10 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    let answered_in = response.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let echoed: Value = response.json().await.unwrap();
     assert_eq!(echoed["upstream"], "identity");
     assert_eq!(echoed["uri"], "/api/v1/auth/token?x=1");
@@ -210,6 +214,10 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
         "the client added to the hops an earlier proxy named"
     );
     assert!(headers["traceparent"].as_str().unwrap().starts_with("00-"));
+    assert_eq!(
+        headers["traceparent"], answered_in,
+        "the answer names the hop the upstream was called from"
+    );
 
     let me = setup.echoed("/api/v1/users/me", &token(&["user"])).await;
     assert!(me["upstream"].as_str().unwrap().starts_with("users-"));

@@ -260,7 +260,10 @@ where
 
     metrics.in_flight.inc();
     let served = AssertUnwindSafe(serve(req)).catch_unwind();
-    let response = telemetry::in_trace(trace, served).await;
+    // The answer carries the `traceparent` the calls made for it carry.
+    let traced = telemetry::Traced::new(trace);
+    let traceparent = traced.traceparent().clone();
+    let response = telemetry::in_trace(traced, served).await;
     metrics.in_flight.dec();
     let (mut response, named) = match response {
         Ok(answer) => answer.into_named(),
@@ -271,7 +274,7 @@ where
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(trace_id = %trace.trace_id, %path, panic = %message, "handler panicked");
-            let response = telemetry::in_trace(trace, async {
+            let response = telemetry::in_trace(telemetry::Traced::new(trace), async {
                 Problem::new(Code::Internal).into_response()
             })
             .await;
@@ -300,7 +303,7 @@ where
     metrics.record(method, route, status, elapsed);
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
-    headers.insert(telemetry::TRACEPARENT, trace.traceparent_header());
+    headers.insert(telemetry::TRACEPARENT, traceparent);
     response
 }
 

@@ -89,10 +89,11 @@ impl TraceContext {
             .to_owned()
     }
 
-    /// [`TraceContext::traceparent`] as a header value.
+    /// [`TraceContext::traceparent`] as a header value, whose clones share
+    /// its bytes (a request's calls and its answer carry the same one).
     pub fn traceparent_header(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(&self.traceparent_bytes())
-            .expect("a traceparent is visible ASCII")
+        let bytes = bytes::Bytes::from_owner(self.traceparent_bytes());
+        http::HeaderValue::from_maybe_shared(bytes).expect("a traceparent is visible ASCII")
     }
 
     /// `00-{trace id}-{span id}-{flags}`, written without the formatting
@@ -155,26 +156,54 @@ fn parse_traceparent(value: &str) -> Option<(TraceId, bool)> {
     Some((TraceId(u128::from_str_radix(trace_id, 16).ok()?), sampled))
 }
 
-tokio::task_local! {
-    static CURRENT: TraceContext;
+/// The trace something is done in: its context, and its `traceparent`,
+/// written once for every call made in it (and a request's answer).
+#[derive(Debug, Clone)]
+pub struct Traced {
+    context: TraceContext,
+    traceparent: http::HeaderValue,
 }
 
-/// Runs `future` with `context` as the current trace. Not an `async fn`:
-/// that would hold `future` twice (as its argument and inside the scope),
-/// and the request's future is the largest there is.
+impl Traced {
+    pub fn new(context: TraceContext) -> Self {
+        let traceparent = context.traceparent_header();
+        Self {
+            context,
+            traceparent,
+        }
+    }
+
+    /// The `traceparent` header of this hop (a clone shares its bytes).
+    pub fn traceparent(&self) -> &http::HeaderValue {
+        &self.traceparent
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Traced;
+}
+
+/// Runs `future` in `traced` (the current trace while it runs). Not an
+/// `async fn`: that would hold `future` twice (as its argument and inside
+/// the scope), and the request's future is the largest there is.
 pub fn in_trace<F: Future>(
-    context: TraceContext,
+    traced: Traced,
     future: F,
-) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
-    CURRENT.scope(context, future)
+) -> tokio::task::futures::TaskLocalFuture<Traced, F> {
+    CURRENT.scope(traced, future)
 }
 
 pub fn current_trace() -> Option<TraceContext> {
-    CURRENT.try_with(|c| *c).ok()
+    CURRENT.try_with(|c| c.context).ok()
+}
+
+/// The current trace's `traceparent` header, for a call made in it.
+pub fn current_traceparent() -> Option<http::HeaderValue> {
+    CURRENT.try_with(|c| c.traceparent.clone()).ok()
 }
 
 pub fn current_trace_id() -> Option<String> {
-    CURRENT.try_with(|c| c.trace_id.to_string()).ok()
+    CURRENT.try_with(|c| c.context.trace_id.to_string()).ok()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
