@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -245,15 +245,7 @@ where
                 .is_ok_and(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
         })
         .cloned()
-        .unwrap_or_else(|| {
-            let random = fastrand::u128(..).to_le_bytes();
-            let mut text = uuid::Uuid::encode_buffer();
-            let id = uuid::Builder::from_random_bytes(random)
-                .into_uuid()
-                .hyphenated()
-                .encode_lower(&mut text);
-            HeaderValue::from_str(id).expect("a uuid is a header value")
-        });
+        .unwrap_or_else(telemetry::new_request_id);
     // A clone of the URI shares its bytes: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();

@@ -126,6 +126,21 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 
 /// `bytes` (most significant first) as hex digits into `out`, which is
 /// twice as long.
+/// A new request id: a random UUID (version 4), hyphenated, lowercase.
+pub fn new_request_id() -> http::HeaderValue {
+    let mut random = fastrand::u128(..).to_be_bytes();
+    random[6] = (random[6] & 0x0f) | 0x40; // version 4
+    random[8] = (random[8] & 0x3f) | 0x80; // RFC 9562's variant
+    let mut text = [b'-'; 36];
+    // Groups of 8, 4, 4, 4 and 12 digits: their bytes, where they start.
+    for (bytes, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
+        let digits = bytes.len() * 2;
+        write_hex(&mut text[at..at + digits], &random[bytes]);
+    }
+    let bytes = bytes::Bytes::from_owner(text);
+    http::HeaderValue::from_maybe_shared(bytes).expect("hex digits and dashes")
+}
+
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
@@ -454,6 +469,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_random_version_4_uuids() {
+        let ids: Vec<_> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let text = id.to_str().unwrap();
+            let parsed = uuid::Uuid::parse_str(text).unwrap();
+            assert_eq!(parsed.get_version_num(), 4, "{text}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{text}");
+            assert_eq!(
+                parsed.hyphenated().to_string(),
+                text,
+                "lowercase, hyphenated"
+            );
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[test]
     fn continues_a_valid_traceparent() {
