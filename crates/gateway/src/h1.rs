@@ -82,13 +82,21 @@ where
 {
     let mut input = BytesMut::with_capacity(READ_BYTES);
     let mut output = Vec::with_capacity(READ_BYTES);
-    // Waited on between requests; `draining` itself is only looked at.
+    // Polled once, the wait for the drain wakes this task when it begins;
+    // between requests the task then looks at `draining` when it wakes,
+    // rather than polling the wait (a lock) for every request.
     let mut watch = draining.clone();
     let mut drained = std::pin::pin!(async move {
         let _ = watch.wait_for(|draining| *draining).await;
     });
+    if std::future::poll_fn(|cx| Poll::Ready(drained.as_mut().poll(cx)))
+        .await
+        .is_ready()
+    {
+        return Ok(Ended::Closed);
+    }
     loop {
-        let next = next(&mut io, &mut input, header_read_timeout, drained.as_mut()).await?;
+        let next = next(&mut io, &mut input, header_read_timeout, draining).await?;
         let (request, asked_close) = match next {
             Next::Request { request, close } => (request, close),
             Next::Other => return Ok(Ended::HandedOff(Prefixed::new(input.freeze(), io))),
@@ -105,21 +113,22 @@ where
     }
 }
 
-/// Reads until `input` holds a whole head, and says what it is.
-async fn next<IO: AsyncRead + Unpin, D: Future>(
+/// Reads until `input` holds a whole head, and says what it is. Between
+/// requests, the drain (or its sender gone) closes the connection.
+async fn next<IO: AsyncRead + Unpin>(
     io: &mut IO,
     input: &mut BytesMut,
     header_read_timeout: Duration,
-    mut drained: Pin<&mut D>,
+    draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Next> {
     if input.is_empty() {
         input.reserve(READ_BYTES);
-        tokio::select! {
-            biased;
-            read = io.read_buf(input) => if read? == 0 {
-                return Ok(Next::Closed);
-            },
-            _ = drained.as_mut() => return Ok(Next::Closed),
+        let read = std::future::poll_fn(|cx| match draining.has_changed() {
+            Ok(false) => tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, input).map(Some),
+            _ => Poll::Ready(None),
+        });
+        if read.await.transpose()?.unwrap_or(0) == 0 {
+            return Ok(Next::Closed);
         }
     }
     let mut deadline = None;

@@ -216,6 +216,31 @@ async fn shutdown_lets_requests_under_way_finish() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let mut running = start(None, Duration::from_secs(10)).await;
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // The connection waits for its next request when the drain begins: it
+    // is closed then, not when the grace (5 s) runs out.
+    let began = Instant::now();
+    running.stop.take().unwrap().send(()).unwrap();
+    let rest = read_all(&mut stream).await;
+    assert!(rest.is_empty(), "{rest}");
+    running.served.await.unwrap().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn websockets_pass_through_after_the_gateway_checks_them() {
     let running = start(None, Duration::from_secs(10)).await;
     let (mut socket, handshake) =
