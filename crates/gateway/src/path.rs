@@ -35,13 +35,24 @@ pub fn check(raw: &str) -> Result<(), PathError> {
         return Ok(());
     }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    // Most paths are plain: visible ASCII, no escape, no backslash. One
+    // pass tells them, and their segments need only the structural checks.
+    let plain = rest
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'%' && b != b'\\');
     for segment in rest.split('/') {
-        let decoded = decode(segment)?;
+        let decoded = match plain {
+            true => Cow::Borrowed(segment),
+            false => decode(segment)?,
+        };
         if decoded.is_empty() {
             return Err(PathError::EmptySegment);
         }
         if decoded == "." || decoded == ".." {
             return Err(PathError::DotSegment);
+        }
+        if plain {
+            continue;
         }
         if decoded.chars().any(char::is_control) {
             return Err(PathError::Control);
