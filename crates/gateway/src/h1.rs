@@ -25,7 +25,7 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::pool::{Framer, Lines, line};
+use crate::pool::line;
 
 /// A head not complete within this many bytes goes to hyper, whose buffer
 /// takes up to [`crate::server::HEAD_BUFFER_MAX_BYTES`].
@@ -230,6 +230,28 @@ fn restore(input: &mut BytesMut, head: &[u8]) {
     *input = whole;
 }
 
+/// The headers this loop reads while writing an answer's head.
+enum Framer {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+}
+
+impl Framer {
+    /// Which one `name` (any case) is, if any.
+    fn of(name: &[u8]) -> Option<Self> {
+        let (framer, lowercase): (_, &[u8]) = match name.len() {
+            4 => (Self::Date, b"date"),
+            10 => (Self::Connection, b"connection"),
+            14 => (Self::ContentLength, b"content-length"),
+            17 => (Self::TransferEncoding, b"transfer-encoding"),
+            _ => return None,
+        };
+        name.eq_ignore_ascii_case(lowercase).then_some(framer)
+    }
+}
+
 /// How an answer's body is delimited on the wire.
 #[derive(Clone, Copy, PartialEq)]
 enum Framing {
@@ -278,8 +300,14 @@ async fn respond<IO: AsyncWrite + Unpin>(
     };
     // An instance's header lines as they came, but those the gateway set
     // anew; then the gateway's.
-    if let Some(lines) = parts.extensions.remove::<Lines>() {
-        for (name, value) in lines.not_in(&parts.headers) {
+    if let Some(lines) = parts.extensions.remove::<crate::pool::Lines>() {
+        let set = |name: &[u8]| {
+            parts
+                .headers
+                .keys()
+                .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+        };
+        for (name, value) in lines.iter().filter(|(name, _)| !set(name)) {
             write(name, value);
         }
     }

@@ -210,7 +210,7 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Send
             true => spans
                 .iter()
                 .filter(|&&(start, end, ..)| {
-                    matches!(Framer::of(&block[start..end]), Some(Framer::Connection))
+                    block[start..end].eq_ignore_ascii_case(header::CONNECTION.as_str().as_bytes())
                 })
                 .flat_map(|&(.., value_start, value_end)| items(&block[value_start..value_end]))
                 .collect(),
@@ -265,9 +265,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// Each line's name and value that no name of `set` replaces: what
-    /// [`whole_headers`] keeps of them, beside the map's own.
-    pub fn not_in<'a>(&'a self, set: &'a HeaderMap) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    /// Each line's name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans
             .iter()
             .map(|&(name_start, name_end, value_start, value_end)| {
@@ -275,10 +274,6 @@ impl Lines {
                     &self.block[name_start..name_end],
                     &self.block[value_start..value_end],
                 )
-            })
-            .filter(|(name, _)| {
-                !set.keys()
-                    .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
             })
     }
 
@@ -310,30 +305,6 @@ pub fn whole_headers<B>(response: &mut http::Response<B>) -> &mut HeaderMap {
     response.headers_mut()
 }
 
-/// The headers that say how a message is framed and what becomes of its
-/// connection (and `Date`, which the gateway's own loop adds when absent).
-#[derive(Clone, Copy)]
-pub(crate) enum Framer {
-    Connection,
-    TransferEncoding,
-    ContentLength,
-    Date,
-}
-
-impl Framer {
-    /// Which one `name` (any case) is, if any: told by its length first.
-    pub(crate) fn of(name: &[u8]) -> Option<Self> {
-        let (framer, lowercase): (_, &[u8]) = match name.len() {
-            4 => (Self::Date, b"date"),
-            10 => (Self::Connection, b"connection"),
-            14 => (Self::ContentLength, b"content-length"),
-            17 => (Self::TransferEncoding, b"transfer-encoding"),
-            _ => return None,
-        };
-        name.eq_ignore_ascii_case(lowercase).then_some(framer)
-    }
-}
-
 /// What an answer's `Connection`, `Transfer-Encoding` and
 /// `Content-Length` headers say, over all their lines.
 #[derive(Default)]
@@ -359,37 +330,30 @@ enum Length {
 
 impl Hops {
     fn read(&mut self, name: &[u8], value: &[u8]) {
-        match Framer::of(name) {
-            Some(Framer::Connection) => self.connection(value),
-            Some(Framer::TransferEncoding) => {
-                self.transfer_encoding = true;
-                if let Some(last) = items(value).next_back() {
-                    self.chunked = last.eq_ignore_ascii_case(b"chunked");
+        let is = |header: HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+        if is(header::CONNECTION) {
+            for option in items(value) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !is_hop_by_hop(option) {
+                    self.names_others = true;
                 }
             }
-            Some(Framer::ContentLength) => {
-                for item in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    let n = decimal(item);
-                    self.length = match (&self.length, n) {
-                        (Length::Absent, Some(n)) => Length::Is(n),
-                        (Length::Is(earlier), Some(n)) if *earlier == n => Length::Is(n),
-                        _ => Length::Invalid,
-                    };
-                }
+        } else if is(header::TRANSFER_ENCODING) {
+            self.transfer_encoding = true;
+            if let Some(last) = items(value).next_back() {
+                self.chunked = last.eq_ignore_ascii_case(b"chunked");
             }
-            Some(Framer::Date) | None => {}
-        }
-    }
-
-    /// What one `Connection` line says.
-    fn connection(&mut self, value: &[u8]) {
-        for option in items(value) {
-            if option.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if !is_hop_by_hop(option) {
-                self.names_others = true;
+        } else if is(header::CONTENT_LENGTH) {
+            for item in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let n = decimal(item);
+                self.length = match (&self.length, n) {
+                    (Length::Absent, Some(n)) => Length::Is(n),
+                    (Length::Is(earlier), Some(n)) if *earlier == n => Length::Is(n),
+                    _ => Length::Invalid,
+                };
             }
         }
     }
