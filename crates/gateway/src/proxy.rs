@@ -378,7 +378,7 @@ fn settle(
         (Err(SendError::TimedOut), _) => false,
         (Err(error), _) => {
             tracing::warn!(service = %service.name, instance = %instance.base, %error, "upstream failed");
-            service.failed(instance);
+            service.failed(instance, now);
             false
         }
         (Ok(_), status) => {
@@ -386,7 +386,7 @@ fn settle(
             if ok {
                 service.succeeded(instance);
             } else {
-                service.failed(instance);
+                service.failed(instance, now);
             }
             ok
         }

@@ -352,8 +352,9 @@ impl Service {
     }
 
     /// No answer, or a 5xx: after [`EJECT_AFTER_FAILURES`] in a row the
-    /// instance is ejected, for longer each time, within the share cap.
-    pub fn failed(&self, instance: &Instance) {
+    /// instance is ejected (as of `now`), for longer each time, within the
+    /// share cap.
+    pub fn failed(&self, instance: &Instance, now: Instant) {
         let failures = instance
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
@@ -361,7 +362,6 @@ impl Service {
         if failures < EJECT_AFTER_FAILURES {
             return;
         }
-        let now = Instant::now();
         let members = self.members.load();
         let ejected = members
             .instances
@@ -461,13 +461,13 @@ mod tests {
         let service = three();
         let (a, b) = (service.instance(0), service.instance(1));
         for _ in 0..EJECT_AFTER_FAILURES - 1 {
-            service.failed(&a);
+            service.failed(&a, Instant::now());
         }
         service.succeeded(&a);
-        service.failed(&a);
+        service.failed(&a, Instant::now());
         assert!(!a.is_ejected(Instant::now()), "a success resets the count");
         for _ in 0..EJECT_AFTER_FAILURES {
-            service.failed(&a);
+            service.failed(&a, Instant::now());
         }
         assert!(a.is_ejected(Instant::now()));
         assert_eq!(a.ejections(), 1);
@@ -480,7 +480,7 @@ mod tests {
         }
         // A second one would eject 2 of 3, over the 50% cap: it stays in.
         for _ in 0..EJECT_AFTER_FAILURES {
-            service.failed(&b);
+            service.failed(&b, Instant::now());
         }
         assert!(!b.is_ejected(Instant::now()));
         let until = a.ejected_until.lock().unwrap().unwrap();

@@ -124,8 +124,6 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
-/// `bytes` (most significant first) as hex digits into `out`, which is
-/// twice as long.
 /// A new request id: a random UUID (version 4), hyphenated, lowercase.
 pub fn new_request_id() -> http::HeaderValue {
     let mut random = fastrand::u128(..).to_be_bytes();
@@ -141,6 +139,8 @@ pub fn new_request_id() -> http::HeaderValue {
     http::HeaderValue::from_maybe_shared(bytes).expect("hex digits and dashes")
 }
 
+/// `bytes` (most significant first) as hex digits into `out`, which is
+/// twice as long.
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
