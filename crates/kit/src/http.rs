@@ -251,7 +251,11 @@ where
     let path = uri.path();
 
     metrics.in_flight.inc();
-    let served = AssertUnwindSafe(serve(req)).catch_unwind();
+    // The request's future (kilobytes) is pinned once, where it lives;
+    // the panic catcher and the trace scope around it hold a pointer to
+    // it, so that wrapping it and awaiting the wrappers copy nothing big.
+    let served = std::pin::pin!(serve(req));
+    let served = AssertUnwindSafe(served).catch_unwind();
     // The answer carries the `traceparent` the calls made for it carry.
     let traced = telemetry::Traced::new(trace);
     let traceparent = traced.traceparent().clone();
