@@ -166,6 +166,8 @@ struct Round {
     cpu_us: Option<Cpu>,
     p50_us: f64,
     p99_us: f64,
+    /// The tail past p99: how long the slowest requests waited.
+    p999_us: f64,
     errors: u64,
 }
 
@@ -215,6 +217,7 @@ async fn load(port: u16, path: &str, connections: u64, seconds: u64) -> Round {
         cpu_us: None,
         p50_us: at(0.5),
         p99_us: at(0.99),
+        p999_us: at(0.999),
         errors,
     }
 }
@@ -333,20 +336,21 @@ async fn main() {
         }
     }
     println!(
-        "{:<10} {:>12} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10}",
-        "", "requests/s", "p50 µs", "p99 µs", "errors", "CPU µs/req", "user", "system"
+        "{:<10} {:>12} {:>10} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10}",
+        "", "requests/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "CPU µs/req", "user", "system"
     );
-    let medians: Vec<(f64, f64, f64)> = results
+    let medians: Vec<(f64, f64, f64, f64)> = results
         .iter()
         .map(|rounds| {
             (
                 median(rounds.iter().map(|r| r.per_s).collect()),
                 median(rounds.iter().map(|r| r.p50_us).collect()),
                 median(rounds.iter().map(|r| r.p99_us).collect()),
+                median(rounds.iter().map(|r| r.p999_us).collect()),
             )
         })
         .collect();
-    for ((name, _, _), ((per_s, p50, p99), rounds)) in
+    for ((name, _, _), ((per_s, p50, p99, p999), rounds)) in
         targets.iter().zip(medians.iter().zip(&results))
     {
         let errors: u64 = rounds.iter().map(|r| r.errors).sum();
@@ -363,7 +367,7 @@ async fn main() {
             }
         };
         println!(
-            "{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {errors:>8} {total:>12} {user:>10} {system:>10}"
+            "{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {p999:>10.0} {errors:>8} {total:>12} {user:>10} {system:>10}"
         );
     }
     let gateway = medians[1];
