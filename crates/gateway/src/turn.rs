@@ -16,8 +16,8 @@ use std::cell::Cell;
 thread_local! {
     /// Turns of this thread's event loop so far.
     static TURNS: Cell<u64> = const { Cell::new(0) };
-    /// The turn the last write was in, and how many writes it has had.
-    static WRITES: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+    /// The turn of this thread's last write, if any.
+    static LAST_WRITE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 /// The event loop on this thread is about to block: the next wake-up
@@ -30,12 +30,7 @@ pub fn loop_blocks() {
 /// for the turn's first write, after one yield for the others.
 pub async fn before_write() {
     let turn = TURNS.get();
-    let writes = match WRITES.get() {
-        (seen, writes) if seen == turn => writes.saturating_add(1),
-        _ => 1,
-    };
-    WRITES.set((turn, writes));
-    if writes > 1 {
+    if LAST_WRITE.replace(Some(turn)) == Some(turn) {
         tokio::task::yield_now().await;
     }
 }
