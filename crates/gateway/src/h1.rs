@@ -105,7 +105,6 @@ where
         let head = request.method() == Method::HEAD;
         let response = serve(request).await;
         let close = asked_close || draining.has_changed().unwrap_or(true);
-        crate::turn::before_write().await;
         let reusable = respond(&mut io, &mut output, response, head, close).await?;
         if !reusable {
             io.shutdown().await?;

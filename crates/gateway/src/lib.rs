@@ -25,7 +25,6 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod state;
-pub mod turn;
 pub mod upstream;
 
 use std::sync::Arc;

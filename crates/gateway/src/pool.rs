@@ -534,7 +534,6 @@ impl Pool {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         let exchange = async {
-            crate::turn::before_write().await;
             // A reused connection may have been closed by the instance
             // while idle; a request it refused unsent goes once more, on a
             // new one.

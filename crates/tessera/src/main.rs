@@ -104,9 +104,6 @@ fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String
     }
     builder
         .enable_all()
-        // The gateway gathers its writes at the end of each turn of the
-        // event loop; a turn ends when the thread is about to block.
-        .on_thread_park(gateway::turn::loop_blocks)
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
