@@ -42,6 +42,17 @@ const COPY_MAX_BYTES: usize = 16 * 1024;
 /// What one read asks the socket for, at least.
 const READ_BYTES: usize = 4 * 1024;
 
+/// How long a connection may keep the loop waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// With no request under way (before the first one, between two):
+    /// until the next request's first byte, or the connection is closed.
+    pub idle: Duration,
+    /// From a head's first byte until it is whole, or the connection is
+    /// closed.
+    pub header_read: Duration,
+}
+
 /// How a connection left this loop.
 pub enum Ended<IO> {
     /// It is closed (by the client, a deadline, the drain or an error of
@@ -67,13 +78,14 @@ enum Next {
     Closed,
 }
 
-/// Serves `io`'s requests with `serve` until the client closes, the drain
-/// begins between two requests, or a request needs hyper. A head must
-/// arrive whole within `header_read_timeout` of its first byte.
+/// Serves `io`'s requests with `serve` until the client closes, is idle
+/// past `timeouts.idle`, the drain begins between two requests, or a
+/// request needs hyper. A head must arrive whole within
+/// `timeouts.header_read` of its first byte.
 pub async fn serve<IO, F>(
     mut io: IO,
     serve: impl Fn(Request<Body>) -> F,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Ended<IO>>
 where
@@ -95,8 +107,11 @@ where
     {
         return Ok(Ended::Closed);
     }
+    // One timer for the connection's idle waits, set again only when it
+    // goes off during a wait that began after it was set.
+    let mut idle = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     loop {
-        let next = next(&mut io, &mut input, header_read_timeout, draining).await?;
+        let next = next(&mut io, &mut input, (idle.as_mut(), timeouts), draining).await?;
         let (request, asked_close) = match next {
             Next::Request { request, close } => (request, close),
             Next::Other => return Ok(Ended::HandedOff(Prefixed::new(input.freeze(), io))),
@@ -114,18 +129,35 @@ where
 }
 
 /// Reads until `input` holds a whole head, and says what it is. Between
-/// requests, the drain (or its sender gone) closes the connection.
+/// requests, the drain (or its sender gone) or `idle` passing with
+/// nothing read closes the connection.
 async fn next<IO: AsyncRead + Unpin>(
     io: &mut IO,
     input: &mut BytesMut,
-    header_read_timeout: Duration,
+    (mut idle, timeouts): (Pin<&mut tokio::time::Sleep>, Timeouts),
     draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Next> {
     if input.is_empty() {
         input.reserve(READ_BYTES);
-        let read = std::future::poll_fn(|cx| match draining.has_changed() {
-            Ok(false) => tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, input).map(Some),
-            _ => Poll::Ready(None),
+        // When the wait began: read only if the client has not already
+        // sent its next request.
+        let mut since = None;
+        let read = std::future::poll_fn(|cx| {
+            if !matches!(draining.has_changed(), Ok(false)) {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(read) = tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, input)
+            {
+                return Poll::Ready(Some(read));
+            }
+            let until = *since.get_or_insert_with(tokio::time::Instant::now) + timeouts.idle;
+            while idle.as_mut().poll(cx).is_ready() {
+                if until <= idle.deadline() {
+                    return Poll::Ready(None);
+                }
+                idle.as_mut().reset(until);
+            }
+            Poll::Pending
         });
         if read.await.transpose()?.unwrap_or(0) == 0 {
             return Ok(Next::Closed);
@@ -140,7 +172,7 @@ async fn next<IO: AsyncRead + Unpin>(
             return Ok(Next::Other);
         }
         let deadline =
-            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_read_timeout);
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.header_read);
         input.reserve(READ_BYTES);
         match tokio::time::timeout_at(deadline, io.read_buf(input)).await {
             Ok(Ok(read)) if read > 0 => {}

@@ -91,7 +91,7 @@ pub async fn serve_public(
     let defaults = GatewaySettings::default();
     let serving = server::Serving {
         tls: None,
-        header_read_timeout: std::time::Duration::from_millis(defaults.header_read_timeout_ms),
+        timeouts: defaults.timeouts(),
         grace: std::time::Duration::from_secs(1),
     };
     server::serve(
@@ -248,7 +248,7 @@ pub async fn serve(
     let grace = std::time::Duration::from_millis(common.http.shutdown_grace_ms);
     let serving = server::Serving {
         tls,
-        header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
+        timeouts: settings.timeouts(),
         grace,
     };
     let public = server::serve(

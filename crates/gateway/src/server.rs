@@ -98,9 +98,10 @@ pub fn tls_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
 pub struct Serving {
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
-    /// A request head (request line and headers) must arrive within this
-    /// long (HTTP/1), or the connection is closed.
-    pub header_read_timeout: Duration,
+    /// How long an HTTP/1 connection may wait for a request (idle, in
+    /// `h1`) and for a head to arrive whole (hyper applies this one too,
+    /// by its own rule), or it is closed.
+    pub timeouts: crate::h1::Timeouts,
     /// After shutdown, open connections get this long to finish.
     pub grace: Duration,
 }
@@ -116,14 +117,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let Serving {
         tls,
-        header_read_timeout,
+        timeouts,
         grace,
     } = serving;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(timeouts.header_read)
         .max_buf_size(HEAD_BUFFER_MAX_BYTES);
     builder
         .http2()
@@ -156,7 +157,7 @@ pub async fn serve(
                         router,
                         client: Client::new(peer, false),
                     };
-                    serve_connection(&builder, header_read_timeout, draining, stream, service).await
+                    serve_connection(&builder, timeouts, draining, stream, service).await
                 }
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
@@ -176,7 +177,7 @@ pub async fn serve(
                         router,
                         client: Client::new(peer, true),
                     };
-                    serve_connection(&builder, header_read_timeout, draining, stream, service).await
+                    serve_connection(&builder, timeouts, draining, stream, service).await
                 }
             };
             if let Err(error) = served {
@@ -201,7 +202,7 @@ pub async fn serve(
 /// hyper, told of the drain to finish its requests and close.
 async fn serve_connection<IO>(
     builder: &auto::Builder<TokioExecutor>,
-    header_read_timeout: Duration,
+    timeouts: crate::h1::Timeouts,
     mut draining: watch::Receiver<bool>,
     stream: IO,
     service: PerConnection,
@@ -212,7 +213,7 @@ where
     let ours = crate::h1::serve(
         stream,
         |request| service.answer(request),
-        header_read_timeout,
+        timeouts,
         &draining,
     );
     let stream = match ours.await? {

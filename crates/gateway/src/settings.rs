@@ -48,6 +48,9 @@ pub struct GatewaySettings {
     /// A request head must arrive within this long, or the connection is
     /// closed (slow clients hold no connection forever).
     pub header_read_timeout_ms: u64,
+    /// A connection with no request under way is closed after this long
+    /// without one (HTTP/1.1; idle clients hold no connection forever).
+    pub idle_timeout_ms: u64,
     /// Cross-origin requests from browsers; off until origins are named.
     pub cors: CorsSettings,
     /// Where the routes' response caches keep their entries.
@@ -100,10 +103,18 @@ impl GatewaySettings {
                 "[gateway] headers_max_bytes must be in 1..={HEADERS_MAX_BYTES_LIMIT}"
             ));
         }
-        if self.header_read_timeout_ms == 0 {
-            return Err("[gateway] header_read_timeout_ms must be > 0".into());
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("[gateway] header_read_timeout_ms and idle_timeout_ms must be > 0".into());
         }
         Ok(())
+    }
+
+    /// How long the public port waits for a client.
+    pub fn timeouts(&self) -> crate::h1::Timeouts {
+        crate::h1::Timeouts {
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            header_read: Duration::from_millis(self.header_read_timeout_ms),
+        }
     }
 }
 
@@ -237,6 +248,7 @@ impl Default for GatewaySettings {
             rate_limit_redis_url: None,
             headers_max_bytes: 32 * 1024,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             cors: CorsSettings::default(),
             cache: CacheSettings::default(),
             routes: default_routes(),
@@ -246,5 +258,28 @@ impl Default for GatewaySettings {
             ]
             .into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_timeout_is_refused_by_name() {
+        for zeroed in [
+            GatewaySettings {
+                idle_timeout_ms: 0,
+                ..GatewaySettings::default()
+            },
+            GatewaySettings {
+                header_read_timeout_ms: 0,
+                ..GatewaySettings::default()
+            },
+        ] {
+            let refused = zeroed.check().unwrap_err();
+            assert!(refused.contains("idle_timeout_ms"), "{refused}");
+        }
+        assert!(GatewaySettings::default().check().is_ok());
     }
 }

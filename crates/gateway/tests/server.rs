@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
+use gateway::h1::Timeouts;
 use gateway::server::{Serving, TlsSettings};
 use kit::config::Config;
 use kit::testing::TestServer;
@@ -64,6 +65,12 @@ fn upstream() -> Router {
         })
 }
 
+/// Long enough for no test to meet them but those about them.
+const TIMEOUTS: Timeouts = Timeouts {
+    idle: Duration::from_secs(60),
+    header_read: Duration::from_secs(10),
+};
+
 struct Running {
     addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -71,7 +78,7 @@ struct Running {
     _upstream: TestServer,
 }
 
-async fn start(tls: Option<TlsSettings>, header_read_timeout: Duration) -> Running {
+async fn start(tls: Option<TlsSettings>, timeouts: Timeouts) -> Running {
     let upstream = TestServer::start(upstream()).await;
     let toml = format!(
         "[log]\nfilter = \"error\"\n[gateway.services.up]\nurls = [\"{}\"]\n[[gateway.routes]]\nname = \"api\"\nprefix = \"/api/\"\nservice = \"up\"\nauth = \"none\"\n[[gateway.routes]]\nname = \"private\"\nprefix = \"/private/\"\nservice = \"up\"\n",
@@ -84,7 +91,7 @@ async fn start(tls: Option<TlsSettings>, header_read_timeout: Duration) -> Runni
     let addr = listener.local_addr().unwrap();
     let serving = Serving {
         tls: tls.map(|t| gateway::server::tls_acceptor(&t).unwrap()),
-        header_read_timeout,
+        timeouts,
         grace: Duration::from_secs(5),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -124,7 +131,7 @@ fn certificate(dir: &std::path::Path) -> (TlsSettings, reqwest::Certificate) {
 async fn tls_offers_http2_and_http1_and_says_https_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let (settings, trusted) = certificate(dir.path());
-    let running = start(Some(settings), Duration::from_secs(10)).await;
+    let running = start(Some(settings), TIMEOUTS).await;
     let url = format!("https://localhost:{}/api/x", running.addr.port());
     for (http1_only, version) in [
         (false, http::Version::HTTP_2),
@@ -157,7 +164,7 @@ async fn tls_offers_http2_and_http1_and_says_https_upstream() {
 
 #[tokio::test]
 async fn plain_http_takes_h2c_by_prior_knowledge() {
-    let running = start(None, Duration::from_secs(10)).await;
+    let running = start(None, TIMEOUTS).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -174,7 +181,14 @@ async fn plain_http_takes_h2c_by_prior_knowledge() {
 
 #[tokio::test]
 async fn a_head_too_slow_to_arrive_loses_its_connection() {
-    let running = start(None, Duration::from_millis(300)).await;
+    let running = start(
+        None,
+        Timeouts {
+            header_read: Duration::from_millis(300),
+            ..TIMEOUTS
+        },
+    )
+    .await;
     let mut slow = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -192,8 +206,50 @@ async fn a_head_too_slow_to_arrive_loses_its_connection() {
 }
 
 #[tokio::test]
+async fn a_connection_idle_past_the_idle_timeout_is_closed() {
+    let running = start(
+        None,
+        Timeouts {
+            idle: Duration::from_millis(300),
+            ..TIMEOUTS
+        },
+    )
+    .await;
+    let closed_within = |mut stream: tokio::net::TcpStream| async move {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "the connection stayed open");
+        (started.elapsed(), rest)
+    };
+    // Connected, never a byte.
+    let silent = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let (waited, rest) = closed_within(silent).await;
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    // One request answered, then nothing: the wait starts again after it.
+    let mut quiet = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    quiet
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (waited, answer) = closed_within(quiet).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+}
+
+#[tokio::test]
 async fn shutdown_lets_requests_under_way_finish() {
-    let mut running = start(None, Duration::from_secs(10)).await;
+    let mut running = start(None, TIMEOUTS).await;
     let url = format!("http://{}/api/slow", running.addr);
     let under_way = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
     // Once the request is under way upstream (a drain closes a connection
@@ -217,7 +273,7 @@ async fn shutdown_lets_requests_under_way_finish() {
 
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections_at_once() {
-    let mut running = start(None, Duration::from_secs(10)).await;
+    let mut running = start(None, TIMEOUTS).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     stream
         .write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -242,7 +298,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
 
 #[tokio::test]
 async fn websockets_pass_through_after_the_gateway_checks_them() {
-    let running = start(None, Duration::from_secs(10)).await;
+    let running = start(None, TIMEOUTS).await;
     let (mut socket, handshake) =
         tokio_tungstenite::connect_async(format!("ws://{}/api/ws", running.addr))
             .await
@@ -283,7 +339,7 @@ async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
 
 #[tokio::test]
 async fn one_connection_carries_plain_requests_a_body_and_a_close() {
-    let running = start(None, Duration::from_secs(10)).await;
+    let running = start(None, TIMEOUTS).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     // Sent at once: the gateway's own loop answers the GETs and the HEAD,
     // hands the connection to hyper at the POST, which answers the rest.
@@ -324,7 +380,7 @@ async fn one_connection_carries_plain_requests_a_body_and_a_close() {
 
 #[tokio::test]
 async fn what_the_gateways_loop_does_not_take_hyper_answers() {
-    let running = start(None, Duration::from_secs(10)).await;
+    let running = start(None, TIMEOUTS).await;
     for (request, status) in [
         (
             &b"GET /api/x HTTP/1.0\r\nHost: x\r\n\r\n"[..],
@@ -348,7 +404,7 @@ async fn what_the_gateways_loop_does_not_take_hyper_answers() {
 
 #[tokio::test]
 async fn a_streamed_answer_is_passed_on_as_it_comes() {
-    let running = start(None, Duration::from_secs(10)).await;
+    let running = start(None, TIMEOUTS).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     stream
         .write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
