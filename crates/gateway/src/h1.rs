@@ -111,7 +111,7 @@ where
     // goes off during a wait that began after it was set.
     let mut idle = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     loop {
-        let next = next(&mut io, &mut input, (idle.as_mut(), timeouts), draining).await?;
+        let next = next(&mut io, &mut input, idle.as_mut(), timeouts, draining).await?;
         let (request, asked_close) = match next {
             Next::Request { request, close } => (request, close),
             Next::Other => return Ok(Ended::HandedOff(Prefixed::new(input.freeze(), io))),
@@ -134,14 +134,15 @@ where
 async fn next<IO: AsyncRead + Unpin>(
     io: &mut IO,
     input: &mut BytesMut,
-    (mut idle, timeouts): (Pin<&mut tokio::time::Sleep>, Timeouts),
+    mut idle: Pin<&mut tokio::time::Sleep>,
+    timeouts: Timeouts,
     draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Next> {
     if input.is_empty() {
         input.reserve(READ_BYTES);
-        // When the wait began: read only if the client has not already
-        // sent its next request.
-        let mut since = None;
+        // When the wait ends: the clock is read only if the client has not
+        // already sent its next request.
+        let mut wait_ends = None;
         let read = std::future::poll_fn(|cx| {
             if !matches!(draining.has_changed(), Ok(false)) {
                 return Poll::Ready(None);
@@ -150,7 +151,8 @@ async fn next<IO: AsyncRead + Unpin>(
             {
                 return Poll::Ready(Some(read));
             }
-            let until = *since.get_or_insert_with(tokio::time::Instant::now) + timeouts.idle;
+            let until =
+                *wait_ends.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.idle);
             while idle.as_mut().poll(cx).is_ready() {
                 if until <= idle.deadline() {
                     return Poll::Ready(None);
