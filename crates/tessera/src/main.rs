@@ -94,6 +94,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// A runtime with `worker_threads` threads, or one per core for 0.
 /// The runtime a role serves on: one thread runs everything itself (no
 /// work stealing, no cross-thread wake-ups); more share the work.
+///
+/// A thread about to sleep for want of work first yields its core to any
+/// thread waiting for one. On a machine whose cores are shared (the
+/// gateway beside its clients and services), the scheduler then takes
+/// the turns of the others while this thread has nothing in hand, rather
+/// than preempting it later in the middle of a batch of requests: in the
+/// gateway benchmark (one worker, 32 connections, 2 cores shared with the
+/// load generator and the upstream) it cut p99 by a sixth to a quarter,
+/// requests/s unchanged. With no other thread waiting, the yield returns
+/// at once.
 fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -103,6 +113,7 @@ fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String
         builder.worker_threads(worker_threads);
     }
     builder
+        .on_thread_park(std::thread::yield_now)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
