@@ -1,13 +1,18 @@
 //! Plain proxying of a small GET: straight to the upstream, through the
 //! gateway (`tessera serve gateway`), through nginx (and HAProxy) when
-//! installed, configured alike: one worker, keep-alive to the upstream, no
-//! access log, and the client's address and scheme passed on
-//! (`X-Forwarded-For`, `X-Forwarded-Proto`) as the gateway always does.
-//! One load generator, rounds interleaved, medians printed with ratios
-//! against nginx, and each proxy's CPU time per request (workers
-//! included), in user space (the proxy's own code) and in the kernel (its
-//! system calls, loopback TCP included): the cost behind the throughput
-//! once the load generator and the proxy share the machine's cores.
+//! installed, configured alike: one worker, keep-alive to the upstream and
+//! to the client for as long as they are used, no access log, and per
+//! request what the gateway always does besides passing it on — the
+//! client's address and scheme for the upstream (`X-Forwarded-For`,
+//! `X-Forwarded-Proto`), a trace context for the upstream and the client
+//! (`traceparent`) and a request id for the client (`x-request-id`). nginx
+//! also runs without the last two (`nginx-no-ids`): a proxy doing less
+//! than the gateway does, for reference. One load generator, rounds
+//! interleaved, medians printed with ratios against nginx, and each
+//! proxy's CPU time per request (workers included), in user space (the
+//! proxy's own code) and in the kernel (its system calls, loopback TCP
+//! included): the cost behind the throughput once the load generator and
+//! the proxy share the machine's cores.
 //!
 //! Then composition: a composite of three branches that each answer after
 //! 1 ms against one proxied 1 ms call, p50 and the difference printed
@@ -117,12 +122,32 @@ fn start_gateway(dir: &Path, upstream: u16) -> (Proc, u16) {
     listening(command, port)
 }
 
-fn start_nginx(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
+/// What the gateway does to every request and answer besides passing it
+/// on, which a proxy configured alike does too: the client's address and
+/// scheme for the upstream (`X-Forwarded-For`, `-Proto`), a trace context
+/// for the upstream and the client (`traceparent`, whose trace id the
+/// proxy makes; its span id is a constant, sparing the others the
+/// gateway's second random number), and a request id for the client
+/// (`x-request-id`). nginx with `ids` false passes requests on with only
+/// the forwarding headers, doing less than the gateway does.
+const SPAN_ID: &str = "0000000000000001";
+
+fn start_nginx(binary: &Path, dir: &Path, upstream: u16, ids: bool) -> (Proc, u16) {
     let port = kit::testing::free_port();
-    let prefix = dir.join("nginx");
+    let prefix = dir.join(format!("nginx-{port}"));
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let config = prefix.join("nginx.conf");
     let p = prefix.display();
+    // nginx closes a keep-alive connection after 1000 requests by default
+    // (`keepalive_requests`), to the client and to the upstream; the
+    // gateway keeps both as long as they are in use.
+    let ids = match ids {
+        true => format!(
+            " set $traceparent 00-$request_id-{SPAN_ID}-01; proxy_set_header traceparent $traceparent; \
+              add_header x-request-id $request_id always; add_header traceparent $traceparent always;"
+        ),
+        false => String::new(),
+    };
     std::fs::write(
         &config,
         format!(
@@ -130,9 +155,10 @@ fn start_nginx(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
                fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-               upstream bench {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n\
-                 location /bench {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }}\n  }}\n}}\n"
+               upstream bench {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 1000000;\n\
+                 location /bench {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;{ids} }}\n  }}\n}}\n"
         ),
     )
     .unwrap();
@@ -148,7 +174,12 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
         &config,
         format!(
             "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n\n\
-             frontend bench\n  bind 127.0.0.1:{port}\n  default_backend upstream\n\n\
+             frontend bench\n  bind 127.0.0.1:{port}\n  unique-id-format %[uuid()]\n\
+               http-request set-var(txn.trace) unique-id,regsub(-,,g)\n\
+               http-request set-header traceparent 00-%[var(txn.trace)]-{SPAN_ID}-01\n\
+               http-response set-header x-request-id %[unique-id]\n\
+               http-response set-header traceparent 00-%[var(txn.trace)]-{SPAN_ID}-01\n\
+               default_backend upstream\n\n\
              backend upstream\n  http-reuse always\n  http-request set-header X-Forwarded-Proto http\n  server up 127.0.0.1:{upstream}\n"
         ),
     )
@@ -300,8 +331,10 @@ async fn main() {
     targets.push(("gateway", port, Some(gateway)));
     match find("nginx") {
         Some(nginx) => {
-            let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port);
+            let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port, true);
             targets.push(("nginx", port, Some(proc)));
+            let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port, false);
+            targets.push(("nginx-no-ids", port, Some(proc)));
         }
         None => println!("nginx not installed: skipped (apt-get install nginx-light)"),
     }
@@ -336,7 +369,7 @@ async fn main() {
         }
     }
     println!(
-        "{:<10} {:>12} {:>10} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10}",
+        "{:<12} {:>12} {:>10} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10}",
         "", "requests/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "CPU µs/req", "user", "system"
     );
     let medians: Vec<(f64, f64, f64, f64)> = results
@@ -367,14 +400,18 @@ async fn main() {
             }
         };
         println!(
-            "{name:<10} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {p999:>10.0} {errors:>8} {total:>12} {user:>10} {system:>10}"
+            "{name:<12} {per_s:>12.0} {p50:>10.0} {p99:>10.0} {p999:>10.0} {errors:>8} {total:>12} {user:>10} {system:>10}"
         );
     }
     let gateway = medians[1];
     for (i, (name, _, _)) in targets.iter().enumerate().skip(2) {
         let other = medians[i];
+        let what = match *name {
+            "nginx-no-ids" => "for reference: no request id, no trace context",
+            _ => "target: requests/s ≥ 1, p99 ≤ 1",
+        };
         println!(
-            "gateway / {name}: requests/s {:.3}, p99 {:.3} (target: requests/s ≥ 1, p99 ≤ 1)",
+            "gateway / {name}: requests/s {:.3}, p99 {:.3} ({what})",
             gateway.0 / other.0,
             gateway.2 / other.2
         );
