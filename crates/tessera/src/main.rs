@@ -99,11 +99,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// thread waiting for one. On a machine whose cores are shared (the
 /// gateway beside its clients and services), the scheduler then takes
 /// the turns of the others while this thread has nothing in hand, rather
-/// than preempting it later in the middle of a batch of requests: in the
-/// gateway benchmark (one worker, 32 connections, 2 cores shared with the
-/// load generator and the upstream) it cut p99 by a sixth to a third,
-/// for a p50 30-100 µs higher and requests/s within a few percent. With
-/// no other thread waiting, the yield returns at once.
+/// than preempting it later in the middle of a batch of requests. What
+/// that is worth depends on the host: in the gateway benchmark (one
+/// worker, 32 connections, 2 cores shared with the load generator and
+/// the upstream) it cut p99 by a sixth to a third on an AMD EPYC host,
+/// for a p50 30-100 µs higher and requests/s within a few percent; on an
+/// Intel Xeon host p99 stayed as it was and requests/s were 3-9% lower in
+/// five A/B runs of six (2% higher in the sixth). With no other thread
+/// waiting, the yield returns at once.
 fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
