@@ -95,18 +95,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// The runtime a role serves on: one thread runs everything itself (no
 /// work stealing, no cross-thread wake-ups); more share the work.
 ///
-/// A thread about to sleep for want of work first yields its core to any
-/// thread waiting for one. On a machine whose cores are shared (the
-/// gateway beside its clients and services), the scheduler then takes
-/// the turns of the others while this thread has nothing in hand, rather
-/// than preempting it later in the middle of a batch of requests. What
-/// that is worth depends on the host: in the gateway benchmark (one
-/// worker, 32 connections, 2 cores shared with the load generator and
-/// the upstream) it cut p99 by a sixth to a third on an AMD EPYC host,
-/// for a p50 30-100 µs higher and requests/s within a few percent; on an
-/// Intel Xeon host p99 stayed as it was and requests/s were 3-9% lower in
-/// five A/B runs of six (2% higher in the sixth). With no other thread
-/// waiting, the yield returns at once.
+/// Threads sleep when tokio parks them. Yielding the core first
+/// (`on_thread_park(yield_now)`) was tried and taken out: in the gateway
+/// benchmark (2 cores shared with the load generator and the upstream)
+/// it cut p99 by a sixth to a third on an AMD EPYC host, but on an Intel
+/// Xeon host it cost 3-11% of requests/s in seven A/B runs of eight, p99
+/// unchanged: what a scheduling hint is worth is the host's.
 fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -116,7 +110,6 @@ fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String
         builder.worker_threads(worker_threads);
     }
     builder
-        .on_thread_park(std::thread::yield_now)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
