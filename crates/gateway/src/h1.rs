@@ -311,26 +311,29 @@ async fn respond<IO: AsyncWrite + Unpin>(
     output.push(b' ');
     output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     output.extend_from_slice(b"\r\n");
-    // One pass over the headers writes them and learns what the framing
+    // One pass over the headers writes those kept and learns what the framing
     // and the connection's fate need: its own `Connection` and
     // `Transfer-Encoding` are this loop's to write, and a `Content-Length`
     // only counts (and is written) once, when it is a number.
     let (mut declared, mut close, mut dated) = (None, close, false);
-    let mut write = |name: &[u8], value: &[u8]| {
-        match Framer::of(name) {
-            Some(Framer::Connection) => {
-                close |= crate::pool::asks_close(value);
-                return;
-            }
-            Some(Framer::TransferEncoding) => return,
-            Some(Framer::ContentLength) => match (declared, crate::pool::decimal(value)) {
-                (None, Some(length)) => declared = Some(length),
-                _ => return,
-            },
-            Some(Framer::Date) => dated = true,
-            None => {}
+    let mut keep = |name: &[u8], value: &[u8]| match Framer::of(name) {
+        Some(Framer::Connection) => {
+            close |= crate::pool::asks_close(value);
+            false
         }
-        line(output, name, value);
+        Some(Framer::TransferEncoding) => false,
+        Some(Framer::ContentLength) => match (declared, crate::pool::decimal(value)) {
+            (None, Some(length)) => {
+                declared = Some(length);
+                true
+            }
+            _ => false,
+        },
+        Some(Framer::Date) => {
+            dated = true;
+            true
+        }
+        None => true,
     };
     // An instance's header lines as they came, but those the gateway set
     // anew; then the gateway's.
@@ -341,12 +344,13 @@ async fn respond<IO: AsyncWrite + Unpin>(
                 .keys()
                 .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
         };
-        for (name, value) in lines.iter().filter(|(name, _)| !set(name)) {
-            write(name, value);
-        }
+        lines.write_kept(output, |name, value| !set(name) && keep(name, value));
     }
     for (name, value) in &parts.headers {
-        write(name.as_str().as_bytes(), value.as_bytes());
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        if keep(name, value) {
+            line(output, name, value);
+        }
     }
     let bodiless = head
         || status.is_informational()

@@ -265,16 +265,38 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// Each line's name and value.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans
-            .iter()
-            .map(|&(name_start, name_end, value_start, value_end)| {
-                (
-                    &self.block[name_start..name_end],
-                    &self.block[value_start..value_end],
-                )
-            })
+    /// Writes the lines `keep` keeps (given each one's name and value) to
+    /// `output` as the instance wrote them, spelling and spacing included:
+    /// a run of kept lines, one after the other in the head, in one copy.
+    pub fn write_kept(&self, output: &mut Vec<u8>, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        let mut flush = |(start, end): (usize, usize)| {
+            output.extend_from_slice(&self.block[start..end]);
+            output.extend_from_slice(b"\r\n");
+        };
+        let mut run = None;
+        for &(name_start, name_end, value_start, value_end) in &self.spans {
+            let kept = keep(
+                &self.block[name_start..name_end],
+                &self.block[value_start..value_end],
+            );
+            run = match run {
+                // Only a CRLF between the run and this line: it joins.
+                Some((start, end))
+                    if kept && self.block.get(end..name_start) == Some(&b"\r\n"[..]) =>
+                {
+                    Some((start, value_end))
+                }
+                run => {
+                    if let Some(run) = run {
+                        flush(run);
+                    }
+                    kept.then_some((name_start, value_end))
+                }
+            };
+        }
+        if let Some(run) = run {
+            flush(run);
+        }
     }
 
     /// The lines as a header map. httparse let through only names that
@@ -1280,6 +1302,35 @@ mod tests {
             let response = send(&pool, Method::GET).await.unwrap();
             assert!(response.into_body().collect().await.is_err());
         }
+    }
+
+    #[test]
+    fn kept_lines_are_written_as_they_came_with_crlf_endings() {
+        let written = |head: &[u8], drop: &[u8]| {
+            let mut read = BytesMut::from(head);
+            let head = parse_head(&mut read, &Method::GET).unwrap().unwrap();
+            let lines = head.parts.extensions.get::<Lines>().unwrap();
+            let mut output = Vec::new();
+            lines.write_kept(&mut output, |name, _| name != drop);
+            String::from_utf8(output).unwrap()
+        };
+        let head = b"HTTP/1.1 200 OK\r\nServer: up\r\nX-One:1\r\nDrop: me\r\nX-Two:  2\r\n\r\n";
+        assert_eq!(
+            written(head, b"Drop"),
+            "Server: up\r\nX-One:1\r\nX-Two:  2\r\n"
+        );
+        assert_eq!(
+            written(head, b"Server"),
+            "X-One:1\r\nDrop: me\r\nX-Two:  2\r\n"
+        );
+        assert_eq!(
+            written(head, b"X-Two"),
+            "Server: up\r\nX-One:1\r\nDrop: me\r\n"
+        );
+        // Lines ended by a bare LF, or with spaces before their end, are
+        // never joined by what lay between them.
+        let bare = b"HTTP/1.1 200 OK\nA: 1 \nB: 2\n\n";
+        assert_eq!(written(bare, b"-"), "A: 1\r\nB: 2\r\n");
     }
 
     #[test]
