@@ -122,15 +122,13 @@ fn start_gateway(dir: &Path, upstream: u16) -> (Proc, u16) {
     listening(command, port)
 }
 
-/// What the gateway does to every request and answer besides passing it
-/// on, which a proxy configured alike does too: the client's address and
-/// scheme for the upstream (`X-Forwarded-For`, `-Proto`), a trace context
-/// for the upstream and the client (`traceparent`, whose trace id the
-/// proxy makes; its span id is a constant, sparing the others the
-/// gateway's second random number), and a request id for the client
-/// (`x-request-id`). nginx with `ids` false passes requests on with only
-/// the forwarding headers, doing less than the gateway does.
+/// The span id of the `traceparent` the other proxies make (the module
+/// doc says what they do alike): a constant, sparing them the gateway's
+/// second random number.
 const SPAN_ID: &str = "0000000000000001";
+/// nginx without the request id and trace context: doing less than the
+/// gateway does, printed for reference.
+const NGINX_NO_IDS: &str = "nginx-no-ids";
 
 fn start_nginx(binary: &Path, dir: &Path, upstream: u16, ids: bool) -> (Proc, u16) {
     let port = kit::testing::free_port();
@@ -138,9 +136,6 @@ fn start_nginx(binary: &Path, dir: &Path, upstream: u16, ids: bool) -> (Proc, u1
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let config = prefix.join("nginx.conf");
     let p = prefix.display();
-    // nginx closes a keep-alive connection after 1000 requests by default
-    // (`keepalive_requests`), to the client and to the upstream; the
-    // gateway keeps both as long as they are in use.
     let ids = match ids {
         true => format!(
             " set $traceparent 00-$request_id-{SPAN_ID}-01; proxy_set_header traceparent $traceparent; \
@@ -148,6 +143,9 @@ fn start_nginx(binary: &Path, dir: &Path, upstream: u16, ids: bool) -> (Proc, u1
         ),
         false => String::new(),
     };
+    // nginx closes a keep-alive connection after 1000 requests by default
+    // (`keepalive_requests`), to the client and to the upstream; the
+    // gateway keeps both as long as they are in use.
     std::fs::write(
         &config,
         format!(
@@ -175,10 +173,10 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
         format!(
             "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n\n\
              frontend bench\n  bind 127.0.0.1:{port}\n  unique-id-format %[uuid()]\n\
-               http-request set-var(txn.trace) unique-id,regsub(-,,g)\n\
-               http-request set-header traceparent 00-%[var(txn.trace)]-{SPAN_ID}-01\n\
+               http-request set-var-fmt(txn.traceparent) 00-%[unique-id,regsub(-,,g)]-{SPAN_ID}-01\n\
+               http-request set-header traceparent %[var(txn.traceparent)]\n\
                http-response set-header x-request-id %[unique-id]\n\
-               http-response set-header traceparent 00-%[var(txn.trace)]-{SPAN_ID}-01\n\
+               http-response set-header traceparent %[var(txn.traceparent)]\n\
                default_backend upstream\n\n\
              backend upstream\n  http-reuse always\n  http-request set-header X-Forwarded-Proto http\n  server up 127.0.0.1:{upstream}\n"
         ),
@@ -334,7 +332,7 @@ async fn main() {
             let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port, true);
             targets.push(("nginx", port, Some(proc)));
             let (proc, port) = start_nginx(&nginx, dir.path(), upstream_port, false);
-            targets.push(("nginx-no-ids", port, Some(proc)));
+            targets.push((NGINX_NO_IDS, port, Some(proc)));
         }
         None => println!("nginx not installed: skipped (apt-get install nginx-light)"),
     }
@@ -406,9 +404,9 @@ async fn main() {
     let gateway = medians[1];
     for (i, (name, _, _)) in targets.iter().enumerate().skip(2) {
         let other = medians[i];
-        let what = match *name {
-            "nginx-no-ids" => "for reference: no request id, no trace context",
-            _ => "target: requests/s ≥ 1, p99 ≤ 1",
+        let what = match *name == NGINX_NO_IDS {
+            true => "for reference: no request id, no trace context",
+            false => "target: requests/s ≥ 1, p99 ≤ 1",
         };
         println!(
             "gateway / {name}: requests/s {:.3}, p99 {:.3} ({what})",
