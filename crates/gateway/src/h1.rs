@@ -118,7 +118,10 @@ where
             Next::Closed => return Ok(Ended::Closed),
         };
         let head = request.method() == Method::HEAD;
-        let response = serve(request).await;
+        let answer = std::pin::pin!(serve(request));
+        let Some(response) = unless_left(&mut io, &mut input, answer).await else {
+            return Ok(Ended::Closed);
+        };
         let close = asked_close || draining.has_changed().unwrap_or(true);
         let reusable = respond(&mut io, &mut output, response, head, close).await?;
         if !reusable {
@@ -126,6 +129,32 @@ where
             return Ok(Ended::Closed);
         }
     }
+}
+
+/// Awaits `answer` while reading the connection: the client closing it
+/// (end of stream, or an error) before the answer is ready gives `None`,
+/// and the request is dropped — its upstream exchange, its place under the
+/// route's concurrency limit — as hyper drops a request whose client left.
+/// Bytes the client sends meanwhile (its next request, pipelined) are
+/// kept in `input` for it, and the answer is then awaited alone. Waiting
+/// to read costs no system call: the socket is read only once it says it
+/// has something.
+async fn unless_left<IO: AsyncRead + Unpin, T>(
+    io: &mut IO,
+    input: &mut BytesMut,
+    mut answer: Pin<&mut impl Future<Output = T>>,
+) -> Option<T> {
+    if input.capacity() == input.len() {
+        input.reserve(READ_BYTES);
+    }
+    tokio::select! {
+        biased;
+        answered = answer.as_mut() => return Some(answered),
+        read = io.read_buf(input) => if !matches!(read, Ok(1..)) {
+            return None;
+        },
+    }
+    Some(answer.await)
 }
 
 /// Reads until `input` holds a whole head, and says what it is. Between

@@ -19,12 +19,43 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Requests `/slow` has received.
 static SLOW_STARTED: AtomicUsize = AtomicUsize::new(0);
+/// Requests `/hold` has received, and those of them dropped unanswered.
+static HOLD_STARTED: AtomicUsize = AtomicUsize::new(0);
+static HOLD_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a `/hold` request dropped before its answer.
+struct Held;
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HOLD_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 /// Answers with the request's `x-forwarded-proto`; `/slow` after 500 ms;
 /// `/ws` echoes WebSocket messages; `/echo` echoes a POST's body;
-/// `/stream` sends `first`, and `second` 300 ms later.
+/// `/stream` sends `first`, and `second` 300 ms later; `/later` answers
+/// after 300 ms, `/hold` after a minute, counting its requests and those
+/// dropped before.
 fn upstream() -> Router {
     Router::new()
+        .route(
+            "/api/later",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "later"
+            }),
+        )
+        .route(
+            "/api/hold",
+            get(|| async {
+                HOLD_STARTED.fetch_add(1, Ordering::SeqCst);
+                let held = Held;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                std::mem::forget(held);
+                "late"
+            }),
+        )
         .route("/api/echo", post(|body: String| async move { body }))
         .route(
             "/api/stream",
@@ -73,6 +104,7 @@ const TIMEOUTS: Timeouts = Timeouts {
 
 struct Running {
     addr: std::net::SocketAddr,
+    metrics: kit::telemetry::Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _upstream: TestServer,
@@ -97,7 +129,7 @@ async fn start(tls: Option<TlsSettings>, timeouts: Timeouts) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(gateway::server::serve(
         listener,
-        gateway::public_service(opened, metrics),
+        gateway::public_service(opened, metrics.clone()),
         serving,
         async {
             let _ = stopped.await;
@@ -105,6 +137,7 @@ async fn start(tls: Option<TlsSettings>, timeouts: Timeouts) -> Running {
     ));
     Running {
         addr,
+        metrics,
         stop: Some(stop),
         served,
         _upstream: upstream,
@@ -293,6 +326,77 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         began.elapsed() < Duration::from_secs(2),
         "{:?}",
         began.elapsed()
+    );
+}
+
+/// Waits until `count` reaches `expected`, for at most two seconds.
+async fn until_counted(count: &AtomicUsize, expected: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while count.load(Ordering::SeqCst) < expected {
+        assert!(Instant::now() < deadline, "{what}: never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_drops_its_request_upstream_and_counts_499() {
+    let running = start(None, TIMEOUTS).await;
+    let url = format!("http://{}/api/hold", running.addr);
+    // Over HTTP/1.1, in the gateway's own loop: the client closes its
+    // connection while the upstream holds the answer.
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    until_counted(&HOLD_STARTED, 1, "the request upstream").await;
+    drop(stream);
+    until_counted(&HOLD_DROPPED, 1, "the upstream exchange dropped").await;
+    // Over HTTP/2, in hyper: the client resets its stream.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let asked = tokio::spawn(async move { client.get(url).send().await });
+    until_counted(&HOLD_STARTED, 2, "the second request upstream").await;
+    asked.abort();
+    until_counted(&HOLD_DROPPED, 2, "the second upstream exchange dropped").await;
+    // Neither is in flight any more; both are counted as the client's.
+    assert_eq!(running.metrics.in_flight.get(), 0);
+    let counted = running.metrics.encode();
+    let left: Vec<&str> = counted
+        .lines()
+        .filter(|line| {
+            line.starts_with("tessera_http_requests_total") && line.contains("status=\"499\"")
+        })
+        .collect();
+    assert_eq!(left.len(), 1, "{counted}");
+    assert!(left[0].ends_with(" 2"), "{counted}");
+}
+
+#[tokio::test]
+async fn a_request_pipelined_while_one_is_answered_is_kept_for_its_turn() {
+    let running = start(None, TIMEOUTS).await;
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/later HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The second request arrives while the first is being answered: the
+    // loop, reading to see whether the client left, keeps it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_all(&mut stream).await;
+    let later = answers.find("later").expect(&answers);
+    let proto = answers.find("\"proto\":\"http\"").expect(&answers);
+    assert!(later < proto, "{answers}");
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{answers}"
     );
 }
 

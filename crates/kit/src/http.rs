@@ -217,20 +217,28 @@ impl Answer for (Response, Option<RouteName>) {
     }
 }
 
+/// The status a request is counted and logged with when its client went
+/// away before its answer was ready (hyper, HTTP/2 and the gateway's own
+/// HTTP/1.1 loop then drop the request's future): nginx's 499, "client
+/// closed request".
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The route label of a request its client left before its route was
+/// named.
+pub const ROUTE_UNKNOWN: &str = "unknown";
+
 /// The observation step around `serve`: trace context (the task-local
 /// [`telemetry::current_trace`] while it runs), request id, access log,
-/// metrics, panics → 500. [`ObserveLayer`] applies it to a router's
-/// routes; a server that dispatches by itself (the gateway) calls it
-/// directly, so that one future holds the whole request.
+/// metrics, panics → 500, and a request its client left counted as
+/// [`CLIENT_CLOSED`]. [`ObserveLayer`] applies it to a router's routes; a
+/// server that dispatches by itself (the gateway) calls it directly, so
+/// that one future holds the whole request.
 pub async fn observe<F, Fut>(metrics: &Metrics, req: Request, serve: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output: Answer>,
 {
     let started = Instant::now();
-    let method = telemetry::method_label(req.method());
-    // The log says what the client sent, the metrics a bounded label.
-    let sent_method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let trace = TraceContext::continue_or_start(
         req.headers()
@@ -248,9 +256,18 @@ where
         .unwrap_or_else(telemetry::new_request_id);
     // A clone of the URI shares its bytes: no copy of the path.
     let uri = req.uri().clone();
-    let path = uri.path();
+    let seen = Seen {
+        metrics,
+        // The log says what the client sent, the metrics a bounded label.
+        method: telemetry::method_label(req.method()),
+        sent_method: req.method().clone(),
+        path: uri.path(),
+        trace: &trace,
+        request_id: &request_id,
+        started,
+    };
 
-    metrics.in_flight.inc();
+    let in_flight = InFlight::new(&seen, matched.as_ref());
     // The request's future (kilobytes) is pinned once, where it lives;
     // the panic catcher and the trace scope around it hold a pointer to
     // it, so that wrapping it and awaiting the wrappers copy nothing big.
@@ -260,7 +277,7 @@ where
     let traced = telemetry::Traced::new(trace);
     let traceparent = traced.traceparent().clone();
     let response = telemetry::in_trace(traced, served).await;
-    metrics.in_flight.dec();
+    in_flight.answered();
     let (mut response, named) = match response {
         Ok(answer) => answer.into_named(),
         Err(panic) => {
@@ -269,7 +286,7 @@ where
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(trace_id = %trace.trace_id, %path, panic = %message, "handler panicked");
+            tracing::error!(trace_id = %trace.trace_id, path = seen.path, panic = %message, "handler panicked");
             let response = telemetry::in_trace(telemetry::Traced::new(trace), async {
                 Problem::new(Code::Internal).into_response()
             })
@@ -282,25 +299,81 @@ where
         Some(name) => name,
         None => RouteName::from(matched.as_ref().map_or("unmatched", |m| m.as_str())),
     };
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        tracing::info!(
-            trace_id = %trace.trace_id,
-            request_id = request_id.to_str().unwrap_or_default(),
-            method = %sent_method,
-            %route,
-            %path,
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            "request"
-        );
-    }
-    metrics.record(method, route, status, elapsed);
+    seen.record(route, response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
     headers.insert(telemetry::TRACEPARENT, traceparent);
     response
+}
+
+/// What a request's access log line and metrics say of it, however it
+/// ends.
+struct Seen<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    sent_method: axum::http::Method,
+    path: &'a str,
+    trace: &'a TraceContext,
+    request_id: &'a axum::http::HeaderValue,
+    started: Instant,
+}
+
+impl Seen<'_> {
+    /// Logs the request (probes aside) and counts it under `route` and
+    /// `status`.
+    fn record(&self, route: RouteName, status: u16) {
+        let elapsed = self.started.elapsed();
+        if !matches!(self.path, "/healthz" | "/readyz" | "/metrics") {
+            tracing::info!(
+                trace_id = %self.trace.trace_id,
+                request_id = self.request_id.to_str().unwrap_or_default(),
+                method = %self.sent_method,
+                %route,
+                path = self.path,
+                status,
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+        self.metrics.record(self.method, route, status, elapsed);
+    }
+}
+
+/// A request in flight (the gauge) until it is answered or its future is
+/// dropped; dropped unanswered — its client went away — it is recorded
+/// with [`CLIENT_CLOSED`] under the route the router matched, or under
+/// [`ROUTE_UNKNOWN`] where the route is named only by the answer (the
+/// gateway's routes).
+struct InFlight<'a> {
+    seen: &'a Seen<'a>,
+    matched: Option<&'a MatchedPath>,
+    answered: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(seen: &'a Seen<'a>, matched: Option<&'a MatchedPath>) -> Self {
+        seen.metrics.in_flight.inc();
+        Self {
+            seen,
+            matched,
+            answered: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+        self.seen.metrics.in_flight.dec();
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.seen.metrics.in_flight.dec();
+            let route = self.matched.map_or(ROUTE_UNKNOWN, |m| m.as_str());
+            self.seen.record(RouteName::from(route), CLIENT_CLOSED);
+        }
+    }
 }
 
 async fn enforce_timeout(timeout: Duration, req: Request, next: Next) -> Response {

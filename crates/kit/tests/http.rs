@@ -11,6 +11,14 @@ use kit::telemetry::Metrics;
 use kit::testing::TestServer;
 
 async fn serve(settings: HttpSettings, readiness: Readiness) -> TestServer {
+    serve_counted(settings, readiness, Metrics::new("test")).await
+}
+
+async fn serve_counted(
+    settings: HttpSettings,
+    readiness: Readiness,
+    metrics: Metrics,
+) -> TestServer {
     let api = Router::new()
         .route(
             "/slow",
@@ -35,10 +43,7 @@ async fn serve(settings: HttpSettings, readiness: Readiness) -> TestServer {
             }),
         );
     TestServer::start(kit::http::service_router(
-        api,
-        &settings,
-        Metrics::new("test"),
-        readiness,
+        api, &settings, metrics, readiness,
     ))
     .await
 }
@@ -114,6 +119,37 @@ async fn slow_requests_time_out_with_503() {
     .await;
     let response = reqwest::get(server.url("/slow")).await.unwrap();
     assert_eq!(problem_code(response).await, (503, "timeout".into()));
+}
+
+#[tokio::test]
+async fn a_request_its_client_left_is_counted_499_and_no_longer_in_flight() {
+    let metrics = Metrics::new("test");
+    let server = serve_counted(
+        HttpSettings::default(),
+        Readiness::default(),
+        metrics.clone(),
+    )
+    .await;
+    let asked = tokio::spawn(reqwest::get(server.url("/slow")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while metrics.in_flight.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never in flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The client gives up; the server sees its connection close.
+    asked.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while metrics.in_flight.get() != 0 {
+        assert!(std::time::Instant::now() < deadline, "still in flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let counted = metrics.encode();
+    assert!(
+        counted.contains(
+            r#"tessera_http_requests_total{role="test",method="GET",route="/slow",status="499"} 1"#
+        ),
+        "{counted}"
+    );
 }
 
 #[tokio::test]
