@@ -98,9 +98,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Threads sleep when tokio parks them. Yielding the core first
 /// (`on_thread_park(yield_now)`) was tried and taken out: in the gateway
 /// benchmark (2 cores shared with the load generator and the upstream)
-/// it cut p99 by a sixth to a third on an AMD EPYC host, but on an Intel
-/// Xeon host it cost 3-11% of requests/s in seven A/B runs of eight, p99
-/// unchanged: what a scheduling hint is worth is the host's.
+/// it trades requests/s for p99, by an amount that is the host's. On an
+/// AMD EPYC host, A/B in one invocation: p99 3-12% lower, requests/s
+/// 2.5-15% lower (an earlier day there: p99 down a sixth to a third); on
+/// an Intel Xeon host, requests/s 3-11% lower in seven runs of eight,
+/// p99 unchanged.
 fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
