@@ -287,14 +287,7 @@ async fn shutdown_lets_requests_under_way_finish() {
     let under_way = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
     // Once the request is under way upstream (a drain closes a connection
     // that has not sent one yet).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while SLOW_STARTED.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_counted(&SLOW_STARTED, 1, "the request upstream").await;
     running.stop.take().unwrap().send(()).unwrap();
     let answer = under_way.await.unwrap();
     assert_eq!(answer.status(), 200);
@@ -329,9 +322,9 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     );
 }
 
-/// Waits until `count` reaches `expected`, for at most two seconds.
+/// Waits until `count` reaches `expected`, for at most five seconds.
 async fn until_counted(count: &AtomicUsize, expected: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while count.load(Ordering::SeqCst) < expected {
         assert!(Instant::now() < deadline, "{what}: never came");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -239,7 +239,6 @@ where
     Fut: Future<Output: Answer>,
 {
     let started = Instant::now();
-    let matched = req.extensions().get::<MatchedPath>().cloned();
     let trace = TraceContext::continue_or_start(
         req.headers()
             .get(telemetry::TRACEPARENT)
@@ -262,12 +261,13 @@ where
         method: telemetry::method_label(req.method()),
         sent_method: req.method().clone(),
         path: uri.path(),
-        trace: &trace,
+        matched: req.extensions().get::<MatchedPath>().cloned(),
+        trace,
         request_id: &request_id,
         started,
     };
 
-    let in_flight = InFlight::new(&seen, matched.as_ref());
+    let in_flight = InFlight::new(&seen);
     // The request's future (kilobytes) is pinned once, where it lives;
     // the panic catcher and the trace scope around it hold a pointer to
     // it, so that wrapping it and awaiting the wrappers copy nothing big.
@@ -297,7 +297,7 @@ where
 
     let route = match named.or_else(|| response.extensions_mut().remove::<RouteName>()) {
         Some(name) => name,
-        None => RouteName::from(matched.as_ref().map_or("unmatched", |m| m.as_str())),
+        None => seen.route_matched_or("unmatched"),
     };
     seen.record(route, response.status().as_u16());
     let headers = response.headers_mut();
@@ -313,12 +313,19 @@ struct Seen<'a> {
     method: &'static str,
     sent_method: axum::http::Method,
     path: &'a str,
-    trace: &'a TraceContext,
+    /// The route as the router matched it (none for the gateway's).
+    matched: Option<MatchedPath>,
+    trace: TraceContext,
     request_id: &'a axum::http::HeaderValue,
     started: Instant,
 }
 
 impl Seen<'_> {
+    /// The matched route's name, else `otherwise`.
+    fn route_matched_or(&self, otherwise: &str) -> RouteName {
+        RouteName::from(self.matched.as_ref().map_or(otherwise, |m| m.as_str()))
+    }
+
     /// Logs the request (probes aside) and counts it under `route` and
     /// `status`.
     fn record(&self, route: RouteName, status: u16) {
@@ -346,16 +353,14 @@ impl Seen<'_> {
 /// gateway's routes).
 struct InFlight<'a> {
     seen: &'a Seen<'a>,
-    matched: Option<&'a MatchedPath>,
     answered: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(seen: &'a Seen<'a>, matched: Option<&'a MatchedPath>) -> Self {
+    fn new(seen: &'a Seen<'a>) -> Self {
         seen.metrics.in_flight.inc();
         Self {
             seen,
-            matched,
             answered: false,
         }
     }
@@ -370,8 +375,8 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.answered {
             self.seen.metrics.in_flight.dec();
-            let route = self.matched.map_or(ROUTE_UNKNOWN, |m| m.as_str());
-            self.seen.record(RouteName::from(route), CLIENT_CLOSED);
+            let route = self.seen.route_matched_or(ROUTE_UNKNOWN);
+            self.seen.record(route, CLIENT_CLOSED);
         }
     }
 }

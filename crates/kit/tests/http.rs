@@ -121,6 +121,15 @@ async fn slow_requests_time_out_with_503() {
     assert_eq!(problem_code(response).await, (503, "timeout".into()));
 }
 
+/// Waits until `done` says so, for at most two seconds.
+async fn until(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_request_its_client_left_is_counted_499_and_no_longer_in_flight() {
     let metrics = Metrics::new("test");
@@ -131,18 +140,10 @@ async fn a_request_its_client_left_is_counted_499_and_no_longer_in_flight() {
     )
     .await;
     let asked = tokio::spawn(reqwest::get(server.url("/slow")));
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while metrics.in_flight.get() == 0 {
-        assert!(std::time::Instant::now() < deadline, "never in flight");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(|| metrics.in_flight.get() == 1, "never in flight").await;
     // The client gives up; the server sees its connection close.
     asked.abort();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while metrics.in_flight.get() != 0 {
-        assert!(std::time::Instant::now() < deadline, "still in flight");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(|| metrics.in_flight.get() == 0, "still in flight").await;
     let counted = metrics.encode();
     assert!(
         counted.contains(
