@@ -36,7 +36,7 @@ use axum::routing::get;
 use kit::clock::SharedClock;
 use kit::config::{Common, Config};
 use kit::problem::{Code, Problem};
-use kit::telemetry::Metrics;
+use kit::telemetry::{Metrics, RouteName};
 use tower::ServiceExt;
 
 use crate::settings::GatewaySettings;
@@ -120,10 +120,16 @@ impl Public {
     /// future, kilobytes, on every request); hyper's side boxes it.
     pub(crate) async fn serve(&self, request: Request, client: &server::Client) -> Response {
         kit::http::observe(&self.metrics, request, |request| async move {
-            if openapi::is_docs_path(request.uri().path()) {
+            let path = request.uri().path();
+            if openapi::is_docs_path(path) {
+                let name = match path == openapi::DOCUMENT_PATH {
+                    true => "openapi",
+                    false => "docs",
+                };
+                kit::http::name_route(RouteName::from(name));
                 // Rare, and its future large: boxed where it runs.
                 let Ok(response) = Box::pin(self.docs.clone().oneshot(request)).await;
-                return (response, None);
+                return response;
             }
             proxy::handle(&self.gateway, client, request).await
         })
@@ -138,29 +144,19 @@ fn docs_router(gateway: Arc<Gateway>) -> Router {
         api_definition: swagger_ui_dist::OpenApiSource::Uri(openapi::DOCUMENT_PATH),
         title: Some("Tessera API"),
     });
-    let named = |name: &'static str, mut response: Response| {
-        response
-            .extensions_mut()
-            .insert(kit::telemetry::RouteName::from(name));
-        response
-    };
-    let document = move |State(gateway): State<Arc<Gateway>>| async move {
-        let response = match gateway.document() {
+    let document = |State(gateway): State<Arc<Gateway>>| async move {
+        match gateway.document() {
             Ok(json) => ([(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
             Err(conflict) => Problem::internal(conflict).into_response(),
-        };
-        named("openapi", response)
+        }
     };
     let docs = format!("{}/", openapi::DOCS_PATH);
     Router::new()
         .route(openapi::DOCUMENT_PATH, get(document))
-        .route(
-            openapi::DOCS_PATH,
-            get(move || async move { named("docs", openapi::docs_page()) }),
-        )
+        .route(openapi::DOCS_PATH, get(|| async { openapi::docs_page() }))
         .route(
             &format!("{docs}init.js"),
-            get(move || async move { named("docs", openapi::docs_init()) }),
+            get(|| async { openapi::docs_init() }),
         )
         .route_service(&format!("{docs}swagger-ui.css"), assets.clone())
         .route_service(&format!("{docs}swagger-ui-bundle.js"), assets)

@@ -39,18 +39,13 @@ pub const ROLES_HEADER: &str = "x-tessera-roles";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The one handler of the public port: the answer, and the name of the
-/// route that gave it (none for a request refused before it was routed),
-/// for the kit's metrics and access log.
-pub async fn handle(
-    gateway: &Gateway,
-    client: &Client,
-    request: Request,
-) -> (Response, Option<RouteName>) {
+/// The one handler of the public port. The route it takes is named for
+/// the kit's metrics and access log as soon as it is found.
+pub async fn handle(gateway: &Gateway, client: &Client, request: Request) -> Response {
     // One version of the configuration from start to end.
     let snapshot = gateway.snapshot();
     if let Err(problem) = headers_within(request.headers(), snapshot.settings.headers_max_bytes) {
-        return (problem.into_response(), None);
+        return problem.into_response();
     }
     let origin = match snapshot.cors.as_ref().map(|c| c.verdict(request.headers())) {
         None | Some(Verdict::NotCors) => None,
@@ -60,7 +55,7 @@ pub async fn handle(
             let problem = Problem::new(Code::Forbidden).detail(format!(
                 "requests from the origin {origin:?} are not allowed"
             ));
-            return (problem.into_response(), None);
+            return problem.into_response();
         }
     };
     let preflight = Cors::preflight(request.method(), request.headers());
@@ -70,11 +65,11 @@ pub async fn handle(
     let route = match route(&snapshot.table, &method, &request) {
         Ok(route) => route,
         Err(problem) => {
-            let response = cors_decorated(&snapshot, origin, problem.into_response());
-            return (response, None);
+            return cors_decorated(&snapshot, origin, problem.into_response());
         }
     };
-    let response = match (&snapshot.cors, &origin, &preflight) {
+    kit::http::name_route(RouteName(route.name.clone()));
+    match (&snapshot.cors, &origin, &preflight) {
         (Some(cors), Some(origin), Some(asked)) => {
             cors.preflight_answer(origin.clone(), &route.methods(), asked)
         }
@@ -82,8 +77,7 @@ pub async fn handle(
             Ok(response) => cors_decorated(&snapshot, origin, response),
             Err(problem) => cors_decorated(&snapshot, origin, problem.into_response()),
         },
-    };
-    (response, Some(RouteName(route.name.clone())))
+    }
 }
 
 /// `response` readable by the page of an allowed `origin`.

@@ -3,6 +3,7 @@
 //! panic → 500, problem+json for every error, `/healthz`, `/readyz`,
 //! `/metrics`, and graceful shutdown.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
+use tokio::task::futures::TaskLocalFuture;
 
 use crate::config::HttpSettings;
 use crate::problem::{Code, Problem};
@@ -197,46 +199,38 @@ where
     }
 }
 
-/// What a handler under [`observe`] answers: a response, and the name of
-/// the route that gave it when the handler routed by itself (the
-/// gateway). Without one, the route is the response's [`RouteName`]
-/// extension, else the router's matched path, else `unmatched`.
-pub trait Answer {
-    fn into_named(self) -> (Response, Option<RouteName>);
-}
-
-impl Answer for Response {
-    fn into_named(self) -> (Response, Option<RouteName>) {
-        (self, None)
-    }
-}
-
-impl Answer for (Response, Option<RouteName>) {
-    fn into_named(self) -> (Response, Option<RouteName>) {
-        self
-    }
-}
-
 /// The status a request is counted and logged with when its client went
 /// away before its answer was ready (hyper, HTTP/2 and the gateway's own
 /// HTTP/1.1 loop then drop the request's future): nginx's 499, "client
 /// closed request".
 pub const CLIENT_CLOSED: u16 = 499;
 
-/// The route label of a request its client left before its route was
-/// named.
-pub const ROUTE_UNKNOWN: &str = "unknown";
+tokio::task_local! {
+    /// The route serving the current request, once a handler named it.
+    static NAMED: Cell<Option<RouteName>>;
+}
+
+/// Names the route serving the current request (under [`observe`]) for
+/// its metrics and access log, from the moment it is known: a request
+/// its client leaves before the answer is counted under it too. For a
+/// handler that routes by itself (the gateway); a router's routes are
+/// named by their matched path. Outside a request, nothing happens.
+pub fn name_route(name: RouteName) {
+    let _ = NAMED.try_with(|named| named.set(Some(name)));
+}
 
 /// The observation step around `serve`: trace context (the task-local
 /// [`telemetry::current_trace`] while it runs), request id, access log,
 /// metrics, panics → 500, and a request its client left counted as
-/// [`CLIENT_CLOSED`]. [`ObserveLayer`] applies it to a router's routes; a
+/// [`CLIENT_CLOSED`]. The route a request is counted under is the one
+/// [`name_route`] named, else the router's matched path, else
+/// `unmatched`. [`ObserveLayer`] applies it to a router's routes; a
 /// server that dispatches by itself (the gateway) calls it directly, so
 /// that one future holds the whole request.
 pub async fn observe<F, Fut>(metrics: &Metrics, req: Request, serve: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
-    Fut: Future<Output: Answer>,
+    Fut: Future<Output = Response>,
 {
     let started = Instant::now();
     let trace = TraceContext::continue_or_start(
@@ -267,19 +261,20 @@ where
         started,
     };
 
-    let in_flight = InFlight::new(&seen);
     // The request's future (kilobytes) is pinned once, where it lives;
-    // the panic catcher and the trace scope around it hold a pointer to
-    // it, so that wrapping it and awaiting the wrappers copy nothing big.
+    // the panic catcher and the scopes around it hold a pointer to it, so
+    // that wrapping it and awaiting the wrappers copy nothing big.
     let served = std::pin::pin!(serve(req));
     let served = AssertUnwindSafe(served).catch_unwind();
     // The answer carries the `traceparent` the calls made for it carry.
     let traced = telemetry::Traced::new(trace);
     let traceparent = traced.traceparent().clone();
-    let response = telemetry::in_trace(traced, served).await;
-    in_flight.answered();
-    let (mut response, named) = match response {
-        Ok(answer) => answer.into_named(),
+    let scoped = std::pin::pin!(NAMED.scope(Cell::new(None), telemetry::in_trace(traced, served)));
+    let mut in_flight = InFlight::new(&seen, scoped);
+    let response = in_flight.scoped.as_mut().await;
+    let named = in_flight.answered();
+    let mut response = match response {
+        Ok(response) => response,
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -287,19 +282,17 @@ where
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(trace_id = %trace.trace_id, path = seen.path, panic = %message, "handler panicked");
-            let response = telemetry::in_trace(telemetry::Traced::new(trace), async {
+            telemetry::in_trace(telemetry::Traced::new(trace), async {
                 Problem::new(Code::Internal).into_response()
             })
-            .await;
-            (response, None)
+            .await
         }
     };
 
-    let route = match named.or_else(|| response.extensions_mut().remove::<RouteName>()) {
-        Some(name) => name,
-        None => seen.route_matched_or("unmatched"),
-    };
-    seen.record(route, response.status().as_u16());
+    seen.record(
+        named.unwrap_or_else(|| seen.route_matched_or("unmatched")),
+        response.status().as_u16(),
+    );
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
     headers.insert(telemetry::TRACEPARENT, traceparent);
@@ -346,36 +339,49 @@ impl Seen<'_> {
     }
 }
 
-/// A request in flight (the gauge) until it is answered or its future is
-/// dropped; dropped unanswered — its client went away — it is recorded
-/// with [`CLIENT_CLOSED`] under the route the router matched, or under
-/// [`ROUTE_UNKNOWN`] where the route is named only by the answer (the
-/// gateway's routes).
-struct InFlight<'a> {
+/// A request in flight (the gauge) with its future, in the scope where
+/// its route is named, until it is answered or dropped; dropped
+/// unanswered — its client went away — it is recorded with
+/// [`CLIENT_CLOSED`] under the route named so far, else the matched path,
+/// else `unknown`.
+struct InFlight<'a, F: Future> {
     seen: &'a Seen<'a>,
+    scoped: Pin<&'a mut TaskLocalFuture<Cell<Option<RouteName>>, F>>,
     answered: bool,
 }
 
-impl<'a> InFlight<'a> {
-    fn new(seen: &'a Seen<'a>) -> Self {
+impl<'a, F: Future> InFlight<'a, F> {
+    fn new(
+        seen: &'a Seen<'a>,
+        scoped: Pin<&'a mut TaskLocalFuture<Cell<Option<RouteName>>, F>>,
+    ) -> Self {
         seen.metrics.in_flight.inc();
         Self {
             seen,
+            scoped,
             answered: false,
         }
     }
 
-    fn answered(mut self) {
+    /// The request is answered: the route its handler named, if any.
+    fn answered(mut self) -> Option<RouteName> {
         self.answered = true;
         self.seen.metrics.in_flight.dec();
+        self.named()
+    }
+
+    fn named(&mut self) -> Option<RouteName> {
+        self.scoped.as_mut().take_value().and_then(Cell::into_inner)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<F: Future> Drop for InFlight<'_, F> {
     fn drop(&mut self) {
         if !self.answered {
             self.seen.metrics.in_flight.dec();
-            let route = self.seen.route_matched_or(ROUTE_UNKNOWN);
+            let route = self
+                .named()
+                .unwrap_or_else(|| self.seen.route_matched_or("unknown"));
             self.seen.record(route, CLIENT_CLOSED);
         }
     }

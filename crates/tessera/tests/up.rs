@@ -322,6 +322,15 @@ async fn the_gateway_serves_the_public_api_on_the_port() {
         assert_eq!(served.status(), 200, "{asset}");
         assert!(served.bytes().await.unwrap().len() > 50, "{asset}");
     }
+    // Counted under the docs' own two routes, assets included.
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for counted in [
+        r#"tessera_http_requests_total{role="gateway",method="GET",route="openapi",status="200"} 1"#,
+        r#"tessera_http_requests_total{role="gateway",method="GET",route="docs",status="200"} 4"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 
     let victim = pid_of(&entries, "gateway", 0);
     signal(victim, libc::SIGKILL);
