@@ -200,6 +200,10 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
         .to_str()
         .unwrap()
         .to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let echoed: Value = response.json().await.unwrap();
     assert_eq!(echoed["upstream"], "identity");
     assert_eq!(echoed["uri"], "/api/v1/auth/token?x=1");
@@ -217,6 +221,10 @@ async fn forwards_to_the_routed_service_with_the_verified_caller_only() {
     assert_eq!(
         headers["traceparent"], answered_in,
         "the answer names the hop the upstream was called from"
+    );
+    assert_eq!(
+        headers["x-request-id"], request_id,
+        "the upstream knows the request by the id made for the client"
     );
 
     let me = setup.echoed("/api/v1/users/me", &token(&["user"])).await;

@@ -220,14 +220,15 @@ pub fn name_route(name: RouteName) {
 }
 
 /// The observation step around `serve`: trace context (the task-local
-/// [`telemetry::current_trace`] while it runs), request id, access log,
+/// [`telemetry::current_trace`] while it runs), request id (the client's,
+/// else one made and set on the request), access log,
 /// metrics, panics → 500, and a request its client left counted as
 /// [`CLIENT_CLOSED`]. The route a request is counted under is the one
 /// [`name_route`] named, else the router's matched path, else
 /// `unmatched`. [`ObserveLayer`] applies it to a router's routes; a
 /// server that dispatches by itself (the gateway) calls it directly, so
 /// that one future holds the whole request.
-pub async fn observe<F, Fut>(metrics: &Metrics, req: Request, serve: F) -> Response
+pub async fn observe<F, Fut>(metrics: &Metrics, mut req: Request, serve: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -238,15 +239,20 @@ where
             .get(telemetry::TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
     );
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            v.to_str()
-                .is_ok_and(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
-        })
-        .cloned()
-        .unwrap_or_else(telemetry::new_request_id);
+    let sent = req.headers().get(&REQUEST_ID).filter(|v| {
+        v.to_str()
+            .is_ok_and(|v| !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX)
+    });
+    let request_id = match sent {
+        Some(sent) => sent.clone(),
+        // Made here, and carried by the request too: what the handler
+        // calls (the gateway's upstream) knows it by the client's id.
+        None => {
+            let made = telemetry::new_request_id();
+            req.headers_mut().insert(REQUEST_ID, made.clone());
+            made
+        }
+    };
     // A clone of the URI shares its bytes: no copy of the path.
     let uri = req.uri().clone();
     let seen = Seen {

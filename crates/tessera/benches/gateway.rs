@@ -5,7 +5,7 @@
 //! request what the gateway always does besides passing it on — the
 //! client's address and scheme for the upstream (`X-Forwarded-For`,
 //! `X-Forwarded-Proto`), a trace context for the upstream and the client
-//! (`traceparent`) and a request id for the client (`x-request-id`). nginx
+//! (`traceparent`) and a request id for both (`x-request-id`). nginx
 //! also runs without the last two (`nginx-no-ids`): a proxy doing less
 //! than the gateway does, for reference. One load generator, rounds
 //! interleaved, medians printed with ratios against nginx, and each
@@ -139,7 +139,7 @@ fn start_nginx(binary: &Path, dir: &Path, upstream: u16, ids: bool) -> (Proc, u1
     let ids = match ids {
         true => format!(
             " set $traceparent 00-$request_id-{SPAN_ID}-01; proxy_set_header traceparent $traceparent; \
-              add_header x-request-id $request_id always; add_header traceparent $traceparent always;"
+              proxy_set_header X-Request-ID $request_id; add_header x-request-id $request_id always; add_header traceparent $traceparent always;"
         ),
         false => String::new(),
     };
@@ -175,6 +175,7 @@ fn start_haproxy(binary: &Path, dir: &Path, upstream: u16) -> (Proc, u16) {
              frontend bench\n  bind 127.0.0.1:{port}\n  unique-id-format %[uuid()]\n\
                http-request set-var-fmt(txn.traceparent) 00-%[unique-id,regsub(-,,g)]-{SPAN_ID}-01\n\
                http-request set-header traceparent %[var(txn.traceparent)]\n\
+               http-request set-header x-request-id %[unique-id]\n\
                http-response set-header x-request-id %[unique-id]\n\
                http-response set-header traceparent %[var(txn.traceparent)]\n\
                default_backend upstream\n\n\
