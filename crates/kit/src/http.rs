@@ -345,49 +345,43 @@ impl Seen<'_> {
     }
 }
 
-/// A request in flight (the gauge) with its future, in the scope where
-/// its route is named, until it is answered or dropped; dropped
-/// unanswered — its client went away — it is recorded with
+/// A request's future in the scope where its route is named.
+type Scoped<'a, F> = Pin<&'a mut TaskLocalFuture<Cell<Option<RouteName>>, F>>;
+
+/// A request in flight (the gauge) with its future, until it is answered
+/// — the scope's slot is then taken back — or dropped; dropped with the
+/// slot still in the scope — its client went away — it is recorded with
 /// [`CLIENT_CLOSED`] under the route named so far, else the matched path,
 /// else `unknown`.
 struct InFlight<'a, F: Future> {
     seen: &'a Seen<'a>,
-    scoped: Pin<&'a mut TaskLocalFuture<Cell<Option<RouteName>>, F>>,
-    answered: bool,
+    scoped: Scoped<'a, F>,
 }
 
 impl<'a, F: Future> InFlight<'a, F> {
-    fn new(
-        seen: &'a Seen<'a>,
-        scoped: Pin<&'a mut TaskLocalFuture<Cell<Option<RouteName>>, F>>,
-    ) -> Self {
+    fn new(seen: &'a Seen<'a>, scoped: Scoped<'a, F>) -> Self {
         seen.metrics.in_flight.inc();
-        Self {
-            seen,
-            scoped,
-            answered: false,
-        }
+        Self { seen, scoped }
     }
 
     /// The request is answered: the route its handler named, if any.
     fn answered(mut self) -> Option<RouteName> {
-        self.answered = true;
-        self.seen.metrics.in_flight.dec();
-        self.named()
+        self.left_flight().flatten()
     }
 
-    fn named(&mut self) -> Option<RouteName> {
-        self.scoped.as_mut().take_value().and_then(Cell::into_inner)
+    /// Takes the request out of the gauge and its route's slot out of the
+    /// scope, the first time it is asked: `None` every time after.
+    fn left_flight(&mut self) -> Option<Option<RouteName>> {
+        let slot = self.scoped.as_mut().take_value()?;
+        self.seen.metrics.in_flight.dec();
+        Some(slot.into_inner())
     }
 }
 
 impl<F: Future> Drop for InFlight<'_, F> {
     fn drop(&mut self) {
-        if !self.answered {
-            self.seen.metrics.in_flight.dec();
-            let route = self
-                .named()
-                .unwrap_or_else(|| self.seen.route_matched_or("unknown"));
+        if let Some(named) = self.left_flight() {
+            let route = named.unwrap_or_else(|| self.seen.route_matched_or("unknown"));
             self.seen.record(route, CLIENT_CLOSED);
         }
     }
